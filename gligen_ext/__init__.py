@@ -1,0 +1,76 @@
+"""gligen-ext: GLIGEN-style grounding adapters for frozen diffusers Stable Diffusion UNets."""
+
+__version__ = "0.1.0"
+
+from .adapters import (  # noqa: E402
+    ADAPTER_WEIGHTS_NAME,
+    AdapterFileError,
+    AdapterMismatchError,
+    load_grounding_adapter,
+    read_adapter_config,
+    save_grounding_adapter,
+)
+from .attention import attention_backends, enable_best_attention, xformers_available  # noqa: E402
+from .encoders import PhraseEncoder, ReferenceImageEncoder  # noqa: E402
+from .gated_attention import GatedSelfAttention, GroundingFuser  # noqa: E402
+from .grounding import (  # noqa: E402
+    UnhandledModalityError,
+    concat_grounding,
+    null_grounding,
+    prepare_grounding,
+)
+from .inject import (  # noqa: E402
+    GroundingAdapterError,
+    add_grounding_adapter,
+    adapter_parameters,
+    grounding_adapters,
+    remove_grounding_adapter,
+    set_grounding_scale,
+    unload_grounding_adapters,
+)
+from .layout import Layout, LayoutError, parse_layout, parse_layouts  # noqa: E402
+from .tokenizers import (  # noqa: E402
+    GroundingDims,
+    GroundingEncoders,
+    GroundingTokenizer,
+    available_modalities,
+    get_tokenizer_class,
+    register_tokenizer,
+)
+
+__all__ = [
+    "ADAPTER_WEIGHTS_NAME",
+    "AdapterFileError",
+    "AdapterMismatchError",
+    "GatedSelfAttention",
+    "GroundingAdapterError",
+    "GroundingDims",
+    "GroundingEncoders",
+    "GroundingFuser",
+    "GroundingTokenizer",
+    "Layout",
+    "LayoutError",
+    "PhraseEncoder",
+    "ReferenceImageEncoder",
+    "UnhandledModalityError",
+    "adapter_parameters",
+    "add_grounding_adapter",
+    "attention_backends",
+    "available_modalities",
+    "concat_grounding",
+    "enable_best_attention",
+    "get_tokenizer_class",
+    "grounding_adapters",
+    "load_grounding_adapter",
+    "null_grounding",
+    "parse_layout",
+    "parse_layouts",
+    "prepare_grounding",
+    "read_adapter_config",
+    "register_tokenizer",
+    "remove_grounding_adapter",
+    "save_grounding_adapter",
+    "set_grounding_scale",
+    "unload_grounding_adapters",
+    "xformers_available",
+]

@@ -1,0 +1,292 @@
+"""Add, scale, stack and remove grounding adapters on a diffusers ``UNet2DConditionModel``.
+
+This is the only module that knows diffusers' UNet internals. It relies on diffusers' own GLIGEN hooks:
+
+* ``UNet2DConditionModel.forward`` replaces ``cross_attention_kwargs["gligen"]`` with
+  ``{"objs": self.position_net(**gligen)}`` right after ``conv_in``;
+* every ``BasicTransformerBlock`` then calls ``self.fuser(hidden_states, objs)`` between self- and cross-attention.
+
+So a stock UNet becomes grounded by attaching a ``fuser`` to each transformer block and one ``position_net`` to the
+UNet; nothing in diffusers is patched. ``tests/test_diffusers_contract.py`` fails loudly if an upgrade moves a hook.
+``conv_in`` runs before ``position_net``, so spatial tokenizers add their first-conv residual through two forward hooks.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from diffusers.models.attention import BasicTransformerBlock
+from torch import nn
+
+from .gated_attention import GatedSelfAttention, GroundingFuser
+from .tokenizers import GroundingDims, GroundingTokenizer, build_tokenizer
+
+
+class GroundingAdapterError(ValueError):
+    """A grounding adapter cannot be added, found or combined as asked."""
+
+
+class AdapterTokenizers(nn.Module):
+    """One adapter's tokenizers (one per modality) and its runtime settings: weight, beta and enabled."""
+
+    def __init__(self, tokenizers: dict[str, GroundingTokenizer]) -> None:
+        super().__init__()
+        self.tokenizers = nn.ModuleDict(tokenizers)
+        self.weight, self.beta, self.enabled = 1.0, 1.0, True
+
+    @property
+    def scale(self) -> float:
+        """The factor on every gated residual of this adapter: ``weight * beta``, or 0 when disabled."""
+        return float(self.weight * self.beta) if self.enabled else 0.0
+
+    def forward(self, inputs: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+        """inputs: modality -> tokenizer inputs. Returns (B, N_total, token_dim), modalities concatenated in order.
+
+        A modality this adapter knows but the call lacks gets its null inputs, so a jointly trained adapter always
+        sees the token sequence it was trained with.
+        """
+        reference = next(iter(next(iter(inputs.values())).values()))
+        tokens = []
+        for modality, tokenizer in self.tokenizers.items():
+            given = inputs.get(modality)
+            if given is None:
+                nulls = tokenizer.null_inputs(reference.shape[0])
+                given = {k: v.to(reference.device, reference.dtype) for k, v in nulls.items()}
+            tokens.append(tokenizer(**given))
+        return torch.cat(tokens, dim=1)
+
+
+class GroundingPositionNet(nn.Module):
+    """What the UNet calls as ``self.position_net(**gligen)``: adapter name -> that adapter's grounding tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleDict()
+        self.hook_handles: list[Any] = []
+        self.pending_inputs: dict[str, Any] | None = None
+        self.original_requires_grad: dict[str, bool] = {}
+
+    def forward(self, **inputs_by_adapter: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        tokens = {}
+        for name, inputs in inputs_by_adapter.items():
+            adapter = self.adapters[name] if name in self.adapters else None
+            # an adapter at scale 0 does no work at all: its fusers find no tokens and return their input
+            if adapter is not None and adapter.scale != 0.0 and inputs:
+                tokens[name] = adapter(inputs)
+        return tokens
+
+
+def transformer_blocks(unet: nn.Module) -> list[tuple[str, BasicTransformerBlock]]:
+    """Every transformer block that gets a gated layer, with its module path."""
+    return [(name, module) for name, module in unet.named_modules() if isinstance(module, BasicTransformerBlock)]
+
+
+def grounding_dims(unet: nn.Module, *, positive_len: int | None = None) -> GroundingDims:
+    """Token width from the UNet's cross-attention, phrase width from ``positive_len`` (default: token width)."""
+    widths = {block.attn2.cross_attention_dim for _, block in transformer_blocks(unet) if block.attn2 is not None}
+    if len(widths) != 1:
+        raise GroundingAdapterError(f"expected one cross_attention_dim across transformer blocks, found {sorted(widths)}")
+    token_dim = widths.pop()
+    return GroundingDims(token_dim=token_dim, positive_len=positive_len or token_dim,
+                         conv_in_channels=unet.conv_in.out_channels)
+
+
+def unet_fingerprint(unet: nn.Module) -> dict[str, Any]:
+    """The base-UNet shape an adapter depends on, stored in adapter files and checked on load."""
+    blocks = transformer_blocks(unet)
+    return {
+        "cross_attention_dim": grounding_dims(unet).token_dim,
+        "conv_in_channels": unet.conv_in.out_channels,
+        "num_transformer_blocks": len(blocks),
+        "block_widths": [block.attn1.query_dim for _, block in blocks],
+    }
+
+
+def grounding_adapters(unet: nn.Module) -> dict[str, AdapterTokenizers]:
+    """Loaded adapters by name (empty if none)."""
+    position_net = getattr(unet, "position_net", None)
+    return dict(position_net.adapters) if isinstance(position_net, GroundingPositionNet) else {}
+
+
+def add_grounding_adapter(
+    unet: nn.Module,
+    modalities: Sequence[str] | str,
+    *,
+    adapter_name: str = "default",
+    positive_len: int | None = None,
+    weight: float = 1.0,
+    tokenizer_options: dict[str, dict[str, Any]] | None = None,
+) -> AdapterTokenizers:
+    """Inject a new, identity-initialised grounding adapter and freeze every base parameter.
+
+    Adds one :class:`GatedSelfAttention` to every transformer block and one tokenizer per modality. Several adapters
+    can be added under different names; they stack. Returns the adapter's tokenizer module.
+    """
+    modalities = [modalities] if isinstance(modalities, str) else list(modalities)
+    if not modalities or len(set(modalities)) != len(modalities):
+        raise GroundingAdapterError(f"modalities must be a non-empty list without repeats, got {modalities}")
+    position_net = _ensure_grounding_scaffold(unet)
+    if adapter_name in position_net.adapters:
+        raise GroundingAdapterError(
+            f"an adapter named {adapter_name!r} is already loaded; pass another adapter_name or remove it first"
+        )
+    dims = grounding_dims(unet, positive_len=positive_len)
+    options = tokenizer_options or {}
+    parameter = next(unet.parameters())
+    tokenizers = {m: build_tokenizer(m, dims=dims, **options.get(m, {})) for m in modalities}
+    adapter = AdapterTokenizers(tokenizers).to(parameter.device, parameter.dtype)
+    adapter.weight = weight
+    position_net.adapters[adapter_name] = adapter
+    for _, block in transformer_blocks(unet):
+        layer = GatedSelfAttention(
+            query_dim=block.attn1.query_dim,
+            context_dim=dims.token_dim,
+            heads=block.attn1.heads,
+            dim_head=block.attn1.inner_dim // block.attn1.heads,
+        )
+        block.fuser.layers[adapter_name] = layer.to(parameter.device, parameter.dtype)
+    set_grounding_scale(unet, adapter_name)
+    return adapter
+
+
+def adapter_modules(unet: nn.Module, adapter_name: str) -> Iterator[tuple[str, nn.Module]]:
+    """(path, module) of every module belonging to ``adapter_name``: its gated layers, then its tokenizers."""
+    _get_adapter(unet, adapter_name)
+    for path, block in transformer_blocks(unet):
+        yield f"{path}.fuser", block.fuser.layers[adapter_name]
+    yield "position_net", unet.position_net.adapters[adapter_name]
+
+
+def adapter_parameters(unet: nn.Module, adapter_name: str) -> dict[str, nn.Parameter]:
+    """Every parameter of one adapter under its file key.
+
+    Keys follow diffusers' GLIGEN UNet: ``<block>.fuser.<param>`` and ``position_net.<param>`` for a single-modality
+    adapter, ``position_net.<modality>.<param>`` when an adapter holds several modalities.
+    """
+    adapter = _get_adapter(unet, adapter_name)
+    single = len(adapter.tokenizers) == 1
+    params: dict[str, nn.Parameter] = {}
+    for path, block in transformer_blocks(unet):
+        for key, value in block.fuser.layers[adapter_name].named_parameters():
+            params[f"{path}.fuser.{key}"] = value
+    for modality, tokenizer in adapter.tokenizers.items():
+        prefix = "position_net" if single else f"position_net.{modality}"
+        for key, value in tokenizer.named_parameters():
+            params[f"{prefix}.{key}"] = value
+    return params
+
+
+def set_grounding_scale(
+    unet: nn.Module,
+    adapter_name: str | None = None,
+    *,
+    weight: float | None = None,
+    beta: float | None = None,
+    enabled: bool | None = None,
+) -> None:
+    """Set an adapter's weight, scheduled-sampling ``beta`` and/or enabled flag (all adapters when name is None).
+
+    The gated residuals are multiplied by ``weight * beta``; at 0 the adapter does no work and the UNet output equals
+    the base output exactly.
+    """
+    names = list(grounding_adapters(unet)) if adapter_name is None else [adapter_name]
+    for name in names:
+        adapter = _get_adapter(unet, name)
+        adapter.weight = adapter.weight if weight is None else float(weight)
+        adapter.beta = adapter.beta if beta is None else float(beta)
+        adapter.enabled = adapter.enabled if enabled is None else bool(enabled)
+        for _, block in transformer_blocks(unet):
+            block.fuser.layers[name].scale = adapter.scale
+
+
+def remove_grounding_adapter(unet: nn.Module, adapter_name: str) -> None:
+    """Remove one adapter; removing the last one restores the UNet exactly as it was before injection."""
+    _get_adapter(unet, adapter_name)
+    for _, block in transformer_blocks(unet):
+        del block.fuser.layers[adapter_name]
+    del unet.position_net.adapters[adapter_name]
+    if not unet.position_net.adapters:
+        unload_grounding_adapters(unet)
+
+
+def unload_grounding_adapters(unet: nn.Module) -> None:
+    """Remove every adapter, fuser, hook and ``position_net``, and restore the base ``requires_grad`` flags."""
+    position_net = getattr(unet, "position_net", None)
+    if not isinstance(position_net, GroundingPositionNet):
+        return
+    for handle in position_net.hook_handles:
+        handle.remove()
+    for _, block in transformer_blocks(unet):
+        if isinstance(getattr(block, "fuser", None), GroundingFuser):
+            del block.fuser
+    del unet.position_net
+    for name, param in unet.named_parameters():
+        param.requires_grad_(position_net.original_requires_grad.get(name, param.requires_grad))
+
+
+def _get_adapter(unet: nn.Module, adapter_name: str) -> AdapterTokenizers:
+    adapters = grounding_adapters(unet)
+    if adapter_name not in adapters:
+        known = ", ".join(repr(n) for n in adapters) or "none"
+        raise GroundingAdapterError(f"no grounding adapter named {adapter_name!r} is loaded (loaded: {known})")
+    return adapters[adapter_name]
+
+
+def _ensure_grounding_scaffold(unet: nn.Module) -> GroundingPositionNet:
+    """Attach the empty position net, per-block fusers and hooks on first use; freeze the base."""
+    existing = getattr(unet, "position_net", None)
+    if isinstance(existing, GroundingPositionNet):
+        return existing
+    blocks = transformer_blocks(unet)
+    if not blocks:
+        raise GroundingAdapterError("this UNet has no transformer blocks with cross-attention to ground")
+    if existing is not None or any(hasattr(block, "fuser") for _, block in blocks):
+        raise GroundingAdapterError(
+            "this UNet already carries diffusers GLIGEN layers (attention_type='gated'); build the base UNet with the "
+            "default attention_type and load the GLIGEN weights as an adapter (gligen-ext convert)"
+        )
+    position_net = GroundingPositionNet()
+    position_net.original_requires_grad = {name: p.requires_grad for name, p in unet.named_parameters()}
+    unet.requires_grad_(False)
+    for _, block in blocks:
+        block.fuser = GroundingFuser()
+    unet.position_net = position_net
+    position_net.hook_handles = [
+        unet.register_forward_pre_hook(partial(_remember_grounding_inputs, position_net), with_kwargs=True),
+        unet.conv_in.register_forward_hook(partial(_add_conv_in_residuals, position_net)),
+        unet.register_forward_hook(partial(_forget_grounding_inputs, position_net)),
+    ]
+    return position_net
+
+
+def _remember_grounding_inputs(position_net: GroundingPositionNet, unet: nn.Module, args: tuple, kwargs: dict) -> None:
+    # conv_in runs before diffusers calls position_net, so the spatial residual reads the inputs from here
+    bound = inspect.signature(unet.forward).bind_partial(*args, **kwargs).arguments
+    cross_attention_kwargs = bound.get("cross_attention_kwargs") or {}
+    position_net.pending_inputs = cross_attention_kwargs.get("gligen")
+
+
+def _add_conv_in_residuals(
+    position_net: GroundingPositionNet, conv_in: nn.Module, args: tuple, output: torch.Tensor
+) -> torch.Tensor:
+    pending = position_net.pending_inputs
+    if not pending:
+        return output
+    for name, inputs in pending.items():
+        adapter = position_net.adapters[name] if name in position_net.adapters else None
+        if adapter is None or adapter.scale == 0.0:
+            continue
+        for modality, tokenizer in adapter.tokenizers.items():
+            if modality in inputs:
+                residual = tokenizer.conv_in_residual(inputs[modality], latent_size=tuple(output.shape[-2:]))
+                if residual is not None:
+                    output = output + adapter.scale * residual.to(output.dtype)
+    return output
+
+
+def _forget_grounding_inputs(position_net: GroundingPositionNet, unet: nn.Module, args: tuple, output: Any) -> None:
+    position_net.pending_inputs = None

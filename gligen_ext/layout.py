@@ -1,0 +1,355 @@
+"""Parse and validate user layout dicts (boxes, image boxes, COCO keypoints, dense maps) into :class:`Layout`.
+
+Every problem raises :class:`LayoutError` whose message starts with the offending field's path, e.g.
+``layout.boxes[2].box``, so the bad entry can be found in a long JSON file, and then says how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+MAP_CHANNELS: dict[str, int] = {"depth": 1, "hed": 1, "canny": 1, "normal": 3, "semantic": 1}
+_PARTS = ("eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
+COCO_KEYPOINTS: tuple[str, ...] = ("nose", *(f"{side}_{part}" for part in _PARTS for side in ("left", "right")))
+COCO_FLIP_PAIRS: tuple[tuple[int, int], ...] = tuple((i, i + 1) for i in range(1, 17, 2))
+# COCO's person skeleton is 1-based in the annotation files; these are the same 19 limbs, 0-based.
+COCO_SKELETON: tuple[tuple[int, int], ...] = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9), (8, 10),
+    (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)
+_UNITS = ("normalized", "pixels")
+_TOP_KEYS = ("boxes", "keypoints", "units", *MAP_CHANNELS)
+_TOL = 1e-6
+
+
+class LayoutError(ValueError):
+    """An invalid layout; the message is ``"<field path>: <problem and the fix>"``."""
+
+
+@dataclass(frozen=True)
+class GroundedBox:
+    """A box grounded by a text ``phrase`` or an RGB reference ``image``; ``box`` is normalised xyxy in [0, 1]."""
+
+    box: tuple[float, float, float, float]
+    phrase: str | None = None
+    image: Image.Image | None = None
+
+    @property
+    def area(self) -> float:
+        """Box area as a fraction of the image."""
+        x0, y0, x1, y1 = self.box
+        return (x1 - x0) * (y1 - y0)
+
+
+@dataclass(frozen=True, eq=False)  # field-wise == on an ndarray is ambiguous, so compare by identity
+class PersonKeypoints:
+    """One person: ``points`` is a read-only (17, 3) float32 array of x, y in [0, 1] and v in {0, 1, 2}."""
+
+    points: np.ndarray
+
+    @property
+    def area(self) -> float:
+        """Area of the bounding box of the labelled (v > 0) points; 0.0 with fewer than 2 of them."""
+        xy = self.points[self.points[:, 2] > 0, :2]
+        if len(xy) < 2:
+            return 0.0
+        w, h = xy.max(axis=0) - xy.min(axis=0)
+        return float(w * h)
+
+
+@dataclass
+class Layout:
+    """A validated layout for one prompt.
+
+    ``maps`` holds float32 (C, H, W) tensors, C = ``MAP_CHANNELS[name]``, in [0, 1]; ``"semantic"`` holds unscaled
+    integer class ids instead.
+    """
+
+    boxes: list[GroundedBox] = field(default_factory=list)
+    keypoints: list[PersonKeypoints] = field(default_factory=list)
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def phrase_boxes(self) -> list[GroundedBox]:
+        """The boxes grounded by text."""
+        return [b for b in self.boxes if b.phrase is not None]
+
+    @property
+    def image_boxes(self) -> list[GroundedBox]:
+        """The boxes grounded by a reference image."""
+        return [b for b in self.boxes if b.image is not None]
+
+    def modalities(self) -> set[str]:
+        """Inputs present: ``"boxes"`` (phrase boxes), ``"image_boxes"``, ``"keypoints"`` and the map names."""
+        present = {"boxes": self.phrase_boxes, "image_boxes": self.image_boxes, "keypoints": self.keypoints}
+        return set(self.maps) | {name for name, items in present.items() if items}
+
+    def is_empty(self) -> bool:
+        """True when nothing grounds the prompt."""
+        return not (self.boxes or self.keypoints or self.maps)
+
+
+LayoutLike = Layout | Mapping[str, Any] | str | os.PathLike | None
+
+
+def _check_keys(entry: Mapping[Any, Any], allowed: Sequence[str], path: str) -> None:
+    for key in entry:
+        if not (isinstance(key, str) and key in allowed):
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise LayoutError(f"{path}: unknown key {key!r}{hint}; allowed keys are {', '.join(map(repr, allowed))}")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _as_list(value: Any, path: str, what: str, n: int | None = None) -> list[Any] | tuple[Any, ...]:
+    # Arrays and tensors are accepted wherever a (nested) list of numbers is.
+    value = value.tolist() if isinstance(value, (np.ndarray, torch.Tensor)) else value
+    if not isinstance(value, (list, tuple)):
+        raise LayoutError(f"{path}: expected a list of {what}, got {type(value).__name__}")
+    if n is not None and len(value) != n:
+        raise LayoutError(f"{path}: expected {n} {what}, got {len(value)}")
+    return value
+
+
+def _numbers(value: Any, n: int, path: str, what: str) -> list[float]:
+    value = _as_list(value, path, f"numbers {what}", n)
+    for i, v in enumerate(value):
+        if not _is_real(v):
+            kind = "a nested list; give a flat list" if isinstance(v, (list, tuple)) else f"{type(v).__name__} {v!r}"
+            raise LayoutError(f"{path}[{i}]: expected a number of {what}, got {kind}")
+    return [float(v) for v in value]
+
+
+def _unit_coord(raw: float, size: float, path: str, name: str, pixels: bool) -> float:
+    if not math.isfinite(raw):
+        raise LayoutError(f"{path}: {name} is {raw}; coordinates must be finite numbers")
+    if -_TOL <= (value := raw / size) <= 1 + _TOL:
+        return min(max(value, 0.0), 1.0)
+    fix = f"lie in [0, {size:g}] pixels" if pixels else 'lie in [0, 1] (for pixels set "units": "pixels")'
+    raise LayoutError(f"{path}: {name} = {raw:g} is outside the image; coordinates must {fix}")
+
+
+def _parse_box(value: Any, path: str, size: tuple[float, float], pixels: bool) -> tuple[float, float, float, float]:
+    coords = _numbers(value, 4, path, "[x0, y0, x1, y1]")
+    x0, y0, x1, y1 = (_unit_coord(c, s, path, n, pixels) for c, s, n in zip(coords, size * 2, ("x0", "y0", "x1", "y1")))
+    if x1 <= x0:
+        raise LayoutError(f"{path}: x1 ({x1:.2f}) must be greater than x0 ({x0:.2f})")
+    if y1 <= y0:
+        raise LayoutError(f"{path}: y1 ({y1:.2f}) must be greater than y0 ({y0:.2f})")
+    return x0, y0, x1, y1
+
+
+def _read_image(value: str | os.PathLike[str], path: str, base_dir: Path | None) -> Image.Image:
+    file = Path(value).expanduser()
+    if base_dir is not None and not file.is_absolute():  # JSON layouts name files relative to themselves
+        file = base_dir / file
+    if not file.is_file():
+        where = f" (looked for '{file}')" if str(file) != str(value) else ""
+        raise LayoutError(f"{path}: file '{value}' does not exist{where}")
+    try:
+        with Image.open(file) as image:
+            image.load()
+            return image.copy()  # usable after the file handle closes
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise LayoutError(f"{path}: cannot read '{value}' as an image ({exc}); give a PNG or JPEG file") from exc
+
+
+def _parse_box_entry(entry: Any, path: str, size: tuple[float, float], pixels: bool, base: Path | None) -> GroundedBox:
+    if not isinstance(entry, Mapping):
+        example = '{"phrase": "a cat", "box": [x0, y0, x1, y1]}'
+        raise LayoutError(f"{path}: expected a dict like {example}, got {type(entry).__name__}")
+    _check_keys(entry, ("box", "phrase", "image"), path)
+    phrase, image = entry.get("phrase"), entry.get("image")
+    if phrase is not None and image is not None:
+        raise LayoutError(f"{path}: give either 'phrase' or 'image', not both; use two boxes for both")
+    if phrase is None and image is None:
+        raise LayoutError(f"{path}: needs a 'phrase' (text) or an 'image' (reference picture) to ground the box")
+    if entry.get("box") is None:
+        raise LayoutError(f"{path}: missing 'box'; add \"box\": [x0, y0, x1, y1]")
+    box = _parse_box(entry["box"], f"{path}.box", size, pixels)
+    if image is not None:
+        image = _read_image(image, f"{path}.image", base) if isinstance(image, (str, os.PathLike)) else image
+        if not isinstance(image, Image.Image) or 0 in image.size:
+            raise LayoutError(f"{path}.image: expected a non-empty PIL image or an image file path, got {image!r}")
+        return GroundedBox(box, image=image.convert("RGB"))
+    if not isinstance(phrase, str) or not phrase.strip():
+        raise LayoutError(f"{path}.phrase: expected a non-empty string describing the box, got {phrase!r}")
+    return GroundedBox(box, phrase=phrase.strip())
+
+
+def _parse_person(entry: Any, path: str, size: tuple[float, float], pixels: bool) -> PersonKeypoints:
+    if not isinstance(entry, Mapping) or entry.get("points") is None:
+        raise LayoutError(f'{path}: expected a dict {{"points": [[x, y, v], ...]}} with 17 COCO keypoints')
+    _check_keys(entry, ("points",), path)
+    points = _as_list(entry["points"], f"{path}.points", "keypoints in COCO order", len(COCO_KEYPOINTS))
+    out = np.zeros((len(COCO_KEYPOINTS), 3), np.float32)
+    for i, point in enumerate(points):
+        x, y, v = _numbers(point, 3, f"{path}.points[{i}]", "[x, y, v]")
+        if v not in (0, 1, 2):
+            raise LayoutError(f"{path}.points[{i}]: v must be 0 (absent), 1 (occluded) or 2 (visible), got {v:g}")
+        if v > 0:  # COCO stores absent points as (0, 0); their coordinates mean nothing, so they stay 0
+            xy = (_unit_coord(c, s, f"{path}.points[{i}]", n, pixels) for c, s, n in zip((x, y), size, "xy"))
+            out[i] = (*xy, v)
+    out.setflags(write=False)
+    return PersonKeypoints(out)
+
+
+def _map_array(value: Any, name: str, path: str, base_dir: Path | None) -> np.ndarray:
+    """Turn any accepted map value into a numeric, non-empty (C, H, W) numpy array with C in {1, 3}."""
+    if isinstance(value, (str, os.PathLike)):
+        value = _read_image(value, path, base_dir)
+    if isinstance(value, Image.Image):
+        mode = value.mode
+        if mode in ("1", "L", "I", "F", "RGB") or mode.startswith("I;16") or (mode == "P" and name == "semantic"):
+            arr = np.array(value)  # palette indices of a semantic "P" image are the class ids
+        else:  # alpha, palettes and other colour spaces
+            arr = np.array(value.convert("L" if mode in ("LA", "La") else "RGB"))
+        # Some Pillow versions open 16-bit PNGs as 32-bit "I"; restore uint16 so they scale by 65535.
+        value = arr.astype(np.uint16) if mode == "I" and arr.size and 0 <= arr.min() <= arr.max() <= 65535 else arr
+    channels_first = isinstance(value, torch.Tensor)
+    if channels_first:  # numpy has no bfloat16
+        value = value.detach().cpu()
+        value = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+    if not isinstance(value, np.ndarray):
+        kind = type(value).__name__
+        raise LayoutError(f"{path}: expected a PIL image, numpy array, torch tensor or image path, got {kind}")
+    if value.dtype.kind not in "biuf":
+        raise LayoutError(f"{path}: dtype {value.dtype} is not numeric; give a bool, integer or float array")
+    if value.size == 0:
+        raise LayoutError(f"{path}: the map has no pixels (shape {tuple(value.shape)})")
+    layouts = "(H, W) or (C, H, W) for torch tensors" if channels_first else "(H, W) or (H, W, C) for arrays/images"
+    if value.ndim not in (2, 3) or (value.ndim == 3 and value.shape[0 if channels_first else 2] not in (1, 3)):
+        raise LayoutError(f"{path}: got {value.ndim} dims, shape {tuple(value.shape)}; expected {layouts}, C 1 or 3")
+    return value[None] if value.ndim == 2 else value if channels_first else value.transpose(2, 0, 1)
+
+
+def _parse_map(value: Any, name: str, path: str, base_dir: Path | None) -> torch.Tensor:
+    arr = _map_array(value, name, path, base_dir)
+    lo, hi = float(arr.min()), float(arr.max())
+    span = f"values span [{lo:.4g}, {hi:.4g}]"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise LayoutError(f"{path}: the map contains NaN or inf; replace them with finite values")
+    if name == "semantic":
+        if lo < 0 or (arr.dtype.kind == "f" and not np.array_equal(arr, np.rint(arr))):
+            raise LayoutError(f"{path}: semantic maps hold integer class ids >= 0, but {span}; give integer ids")
+        if arr.shape[0] != 1 and not (arr == arr[:1]).all():
+            raise LayoutError(f"{path}: semantic maps need one class id per pixel, got 3 differing channels; "
+                              "convert a colour-coded map to integer ids")
+    elif arr.dtype.kind in "iu":
+        if lo < 0:
+            raise LayoutError(f"{path}: {span}; negative integers are not intensities, give values >= 0")
+        top = np.iinfo(arr.dtype).max  # 255 for uint8, 65535 for uint16
+        if arr.dtype.itemsize >= 4 and hi <= 65535:  # int64 from np.array(list_of_ints) is the usual culprit
+            logger.warning("%s: %s map peaks at %d but is divided by the dtype maximum %d; cast 8/16-bit data to "
+                           "uint8/uint16 first", path, arr.dtype, hi, top)
+        arr = arr.astype(np.float32) / np.float32(top)
+    elif arr.dtype.kind == "f":
+        if lo < -_TOL or hi > 1 + _TOL:
+            raise LayoutError(f"{path}: {span}; scale them to [0, 1] (e.g. divide by the maximum)")
+        arr = np.clip(arr, 0.0, 1.0)
+    arr = arr.astype(np.float32)
+    if arr.shape[0] != MAP_CHANNELS[name]:
+        if MAP_CHANNELS[name] == 3:
+            raise LayoutError(f"{path}: '{name}' maps need 3 channels (x, y, z), got {arr.shape[0]}")
+        arr = arr.mean(axis=0, keepdims=True)  # single-channel maps are often stored as greyscale copied to RGB
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def parse_layout(layout: LayoutLike, *, width: int | None = None, height: int | None = None,
+                 field_path: str = "layout") -> Layout:
+    """Validate one layout and return it normalised: boxes and keypoints in [0, 1], maps as (C, H, W) float32.
+
+    ``None`` or ``{}`` gives an empty :class:`Layout` and a :class:`Layout` passes through unchanged. A str or path
+    names a JSON file whose relative image/map paths resolve against its folder. ``width`` and ``height`` (pixels)
+    are needed only for ``"units": "pixels"``. Raises :class:`LayoutError` on any bad input.
+    """
+    if isinstance(layout, Layout):
+        return layout
+    base_dir = None
+    if isinstance(layout, (str, os.PathLike)):
+        file = Path(layout).expanduser()
+        if not file.is_file():
+            raise LayoutError(f"{field_path}: file '{layout}' does not exist; give a layout dict or a JSON file path")
+        try:
+            layout, base_dir = json.loads(file.read_text(encoding="utf-8")), file.parent
+        except (OSError, ValueError) as exc:
+            raise LayoutError(f"{field_path}: cannot read '{file}' as JSON ({exc})") from exc
+    if layout is None:
+        return Layout()
+    if not isinstance(layout, Mapping):
+        kind = type(layout).__name__
+        raise LayoutError(f"{field_path}: expected a dict with keys such as 'boxes' or 'depth', or a JSON path; got {kind}")
+    _check_keys(layout, _TOP_KEYS, field_path)
+    units = "normalized" if layout.get("units") is None else layout["units"]
+    if not isinstance(units, str) or units not in _UNITS:
+        close = difflib.get_close_matches(str(units), _UNITS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise LayoutError(f"{field_path}.units: expected 'normalized' or 'pixels', got {units!r}{hint}")
+    pixels, size = units == "pixels", (1.0, 1.0)
+    if pixels:
+        if width is None or height is None:
+            raise LayoutError(f"{field_path}.units: 'pixels' needs the image size; pass width= and height=")
+        if not (_is_real(width) and _is_real(height) and width > 0 and height > 0):
+            raise LayoutError(f"{field_path}.units: width and height must be positive, got {width!r} x {height!r}")
+        size = (float(width), float(height))
+    given = {k: v for k, v in layout.items() if v is not None}  # a None value means the key is absent
+    out, path = Layout(), field_path
+    for i, entry in enumerate(_as_list(given.get("boxes", []), f"{path}.boxes", "boxes (wrap a single one in [])")):
+        out.boxes.append(_parse_box_entry(entry, f"{path}.boxes[{i}]", size, pixels, base_dir))
+    for i, entry in enumerate(_as_list(given.get("keypoints", []), f"{path}.keypoints", "persons {'points': [...]}")):
+        out.keypoints.append(_parse_person(entry, f"{path}.keypoints[{i}]", size, pixels))
+    out.maps = {k: _parse_map(given[k], k, f"{path}.{k}", base_dir) for k in MAP_CHANNELS if k in given}
+    return out
+
+
+def parse_layouts(layouts: LayoutLike | Sequence[LayoutLike], *, batch_size: int | None = None,
+                  width: int | None = None, height: int | None = None) -> list[Layout]:
+    """Parse one layout per prompt.
+
+    A list or tuple gives one layout per prompt (its length must equal ``batch_size`` when given); anything else is
+    a single layout shared by all ``batch_size`` prompts (the same :class:`Layout` object, repeated).
+    """
+    if not isinstance(layouts, (list, tuple)):
+        return [parse_layout(layouts, width=width, height=height)] * (1 if batch_size is None else batch_size)
+    if batch_size is not None and len(layouts) != batch_size:
+        raise LayoutError(f"layouts: got {len(layouts)} layouts for {batch_size} prompts; pass one layout per "
+                          "prompt, or a single layout (not in a list) to share it")
+    return [parse_layout(x, width=width, height=height, field_path=f"layouts[{i}]") for i, x in enumerate(layouts)]
+
+
+def _keep_largest(items: Sequence[Any], max_items: int, what: str) -> list[Any]:
+    if len(items) <= max_items:
+        return list(items)
+    # The stable sort keeps the earlier item on ties; sorting the kept indices restores the input order.
+    kept = sorted(sorted(range(len(items)), key=lambda i: -items[i].area)[: max(max_items, 0)])
+    logger.warning("Dropped %d of %d %s: the model takes at most %d; kept the largest by area.",
+                   len(items) - len(kept), len(items), what, max_items)
+    return [items[i] for i in kept]
+
+
+def keep_largest_boxes(boxes: Sequence[GroundedBox], max_boxes: int) -> list[GroundedBox]:
+    """Keep the ``max_boxes`` largest boxes (as GLIGEN does) in their input order; warns when any are dropped."""
+    return _keep_largest(boxes, max_boxes, "boxes")
+
+
+def keep_largest_persons(persons: Sequence[PersonKeypoints], max_persons: int) -> list[PersonKeypoints]:
+    """Keep the ``max_persons`` persons with the largest keypoint boxes, in input order; warns when any are dropped."""
+    return _keep_largest(persons, max_persons, "persons")

@@ -1,0 +1,93 @@
+"""Tiny, seeded, offline Stable Diffusion components built from configs (tests, the offline demo, notebooks).
+
+Nothing here touches the network: the CLIP tokenizer is a byte-level vocabulary written to a local folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+BOS_ID, EOS_ID = 512, 513
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The GPT-2/CLIP byte -> printable-symbol table, in its canonical order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    symbols, extra = printable[:], 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            symbols.append(256 + extra)
+            extra += 1
+    return [chr(s) for s in symbols]
+
+
+def write_byte_tokenizer(folder: str | os.PathLike) -> Path:
+    """Write a 514-entry, merge-free CLIP tokenizer (one token per byte) to ``folder`` and return it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = _bytes_to_unicode()
+    vocab = {s: i for i, s in enumerate(symbols)} | {s + "</w>": 256 + i for i, s in enumerate(symbols)}
+    vocab |= {"<|startoftext|>": BOS_ID, "<|endoftext|>": EOS_ID}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"model_max_length": 77, "tokenizer_class": "CLIPTokenizer"})
+    )
+    return folder
+
+
+def tiny_tokenizer(folder: str | os.PathLike) -> CLIPTokenizer:
+    tokenizer = CLIPTokenizer.from_pretrained(write_byte_tokenizer(folder), local_files_only=True)
+    tokenizer.model_max_length = 77
+    return tokenizer
+
+
+def tiny_text_encoder(*, hidden_size: int = 32, seed: int = 0) -> CLIPTextModel:
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        hidden_size=hidden_size, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        max_position_embeddings=77, vocab_size=1000, layer_norm_eps=1e-5,
+        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def tiny_unet_config(*, cross_attention_dim: int = 32, sdxl: bool = False) -> dict:
+    config = dict(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=32,
+    )
+    if sdxl:
+        config |= dict(
+            addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80,
+            transformer_layers_per_block=(1, 2), use_linear_projection=True, attention_head_dim=(2, 4),
+        )
+    return config
+
+
+def tiny_unet(*, seed: int = 0, **config_overrides) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**tiny_unet_config(**config_overrides)).eval()
+
+
+def tiny_vae(*, seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"), up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    ).eval()
+
+
+def tiny_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1,
+    )

@@ -1,0 +1,73 @@
+"""Human keypoints in COCO-17 order (GLIGEN's keypoint grounding net)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+
+from ..layout import Layout, keep_largest_persons
+from .base import GroundingDims, GroundingEncoders, GroundingTokenizer, blend_null, fourier_embed, mlp, register_tokenizer
+
+NUM_JOINTS = 17
+
+
+@register_tokenizer("keypoints")
+class KeypointTokenizer(GroundingTokenizer):
+    """Token per (person, joint): MLP([person identity + joint identity ; Fourier(xy)]).
+
+    Identity embeddings start at zero as in GLIGEN; masked joints take the learned null features.
+    """
+
+    default_beta = 0.3
+
+    def __init__(
+        self,
+        *,
+        dims: GroundingDims,
+        max_persons: int = 8,
+        fourier_freqs: int = 8,
+        hidden_dim: int = 512,
+        use_occluded: bool = False,
+    ) -> None:
+        super().__init__(
+            dims=dims, max_persons=max_persons, fourier_freqs=fourier_freqs, hidden_dim=hidden_dim, use_occluded=use_occluded
+        )
+        self.fourier_freqs = fourier_freqs
+        identity_dim = dims.token_dim
+        position_dim = fourier_freqs * 2 * 2
+        self.person_embeddings = nn.Parameter(torch.zeros(max_persons, identity_dim))
+        self.keypoint_embeddings = nn.Parameter(torch.zeros(NUM_JOINTS, identity_dim))
+        self.null_person_feature = nn.Parameter(torch.zeros(identity_dim))
+        self.null_xy_feature = nn.Parameter(torch.zeros(position_dim))
+        self.linears = mlp(identity_dim + position_dim, dims.token_dim, hidden_dim)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.options["max_persons"] * NUM_JOINTS
+
+    def prepare(self, layouts: Sequence[Layout], encoders: GroundingEncoders) -> dict[str, torch.Tensor]:
+        inputs = self.null_inputs(len(layouts))
+        # GLIGEN trains on visible joints only (v == 2); occluded ones count as missing unless asked otherwise
+        min_visibility = 1 if self.options["use_occluded"] else 2
+        for i, layout in enumerate(layouts):
+            for p, person in enumerate(keep_largest_persons(layout.keypoints, self.options["max_persons"])):
+                points = torch.tensor(person.points, dtype=torch.float32)
+                rows = slice(p * NUM_JOINTS, (p + 1) * NUM_JOINTS)
+                inputs["points"][i, rows] = points[:, :2]
+                inputs["masks"][i, rows] = (points[:, 2] >= min_visibility).float()
+        return inputs
+
+    def null_inputs(self, batch_size: int) -> dict[str, torch.Tensor]:
+        return {"points": torch.zeros(batch_size, self.num_tokens, 2), "masks": torch.zeros(batch_size, self.num_tokens)}
+
+    def forward(self, points: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """points (B, persons*17, 2) normalised xy; masks (B, persons*17), 1 = use this joint.
+        Returns (B, persons*17, token_dim)."""
+        identity = rearrange(self.person_embeddings, "p d -> p 1 d") + rearrange(self.keypoint_embeddings, "k d -> 1 k d")
+        identity = repeat(identity, "p k d -> b (p k) d", b=points.shape[0])
+        identity = blend_null(identity, masks, self.null_person_feature)
+        position = blend_null(fourier_embed(points, num_freqs=self.fourier_freqs), masks, self.null_xy_feature)
+        return self.linears(torch.cat([identity, position], dim=-1))

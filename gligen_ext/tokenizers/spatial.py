@@ -1,0 +1,165 @@
+"""Spatial maps — depth, HED edges, Canny edges, surface normals, semantic labels — as one tokenizer with presets.
+
+Two paths, as in GLIGEN Sec. 3.2 / App. (spatial conditions):
+1. tokens: a conv backbone turns the map into a ``grid x grid`` feature grid, plus a learned position embedding,
+   through an MLP into ``grid**2`` grounding tokens;
+2. a residual on the UNet's first-conv output: a small stride-4 "downsampler" brings the map to latent resolution and
+   a zero-initialised 3x3 conv projects it to ``conv_in`` channels. GLIGEN instead widens ``conv_in`` with extra input
+   channels; a convolution is linear in its input channels, so ``conv_in([z ; d]) = conv_in(z) + conv_extra(d)`` and
+   the two are the same model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ..layout import MAP_CHANNELS, Layout
+from .base import GroundingDims, GroundingEncoders, GroundingTokenizer, blend_null, mlp, register_tokenizer
+
+# GLIGEN's ConvNeXt-T features are 768 wide; keeping the width lets its MLP and nulls load unchanged
+FEATURE_DIM = 768
+DOWNSAMPLED_CHANNELS = 8
+
+
+def small_backbone(in_channels: int, *, grid_size: int, resize_input: int) -> nn.Sequential:
+    """A download-free conv net: (B, in, R, R) -> (B, 768, grid, grid) with stride-2 stages."""
+    layers: list[nn.Module] = []
+    channels, size = in_channels, resize_input
+    for width in (32, 64, 128, 256, 256, 256):
+        if size <= grid_size:
+            break
+        layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.SiLU()]
+        channels, size = width, (size + 1) // 2
+    if size != grid_size:
+        raise ValueError(f"resize_input {resize_input} must be grid_size ({grid_size}) times a power of 2, at most 64x")
+    layers.append(nn.Conv2d(channels, FEATURE_DIM, 1))
+    return nn.Sequential(*layers)
+
+
+class SpatialMapTokenizer(GroundingTokenizer):
+    """Shared implementation; each registered preset fixes the map name and its defaults."""
+
+    default_beta = 0.7
+
+    def __init__(
+        self,
+        *,
+        dims: GroundingDims,
+        grid_size: int = 8,
+        resize_input: int = 256,
+        hidden_dim: int = 512,
+        num_classes: int = 152,
+    ) -> None:
+        super().__init__(
+            dims=dims, grid_size=grid_size, resize_input=resize_input, hidden_dim=hidden_dim, num_classes=num_classes
+        )
+        map_channels = self.map_channels
+        if self.modality == "semantic":
+            # GLIGEN feeds one-hot labels through a 3x3 conv to 3 channels before the backbone
+            self.in_conv = nn.Conv2d(map_channels, 3, 3, padding=1)
+        self.backbone = small_backbone(3 if self.modality == "semantic" else map_channels, grid_size=grid_size,
+                                       resize_input=resize_input)
+        self.pos_embedding = nn.Parameter(torch.empty(1, grid_size**2, FEATURE_DIM).normal_(0.0, 0.02))
+        self.null_feature = nn.Parameter(torch.zeros(FEATURE_DIM))
+        self.linears = mlp(FEATURE_DIM, dims.token_dim, hidden_dim)
+        downsampler_hidden = 16 if self.modality == "semantic" else 4
+        self.downsample_net = nn.Sequential(
+            nn.Conv2d(map_channels, downsampler_hidden, 4, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(downsampler_hidden, DOWNSAMPLED_CHANNELS, 4, stride=2, padding=1),
+        )
+        self.conv_in_residual_proj = nn.Conv2d(DOWNSAMPLED_CHANNELS, dims.conv_in_channels, 3, padding=1, bias=False)
+        nn.init.zeros_(self.conv_in_residual_proj.weight)
+
+    @property
+    def map_channels(self) -> int:
+        return self.options["num_classes"] if self.modality == "semantic" else MAP_CHANNELS[self.modality]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.options["grid_size"] ** 2
+
+    def prepare(self, layouts: Sequence[Layout], encoders: GroundingEncoders) -> dict[str, torch.Tensor]:
+        inputs = self.null_inputs(len(layouts))
+        for i, layout in enumerate(layouts):
+            if self.modality in layout.maps:
+                inputs["maps"][i] = self.normalize_map(layout.maps[self.modality])
+                inputs["masks"][i] = 1.0
+                inputs["conv_masks"][i] = 1.0
+        return inputs
+
+    def normalize_map(self, value: torch.Tensor) -> torch.Tensor:
+        """(C, H, W) map in [0, 1] (semantic: class ids) -> (map_channels, R, R) in [-1, 1] (semantic: one-hot)."""
+        size = self.options["resize_input"]
+        # nearest keeps edges and label ids crisp, as GLIGEN resizes its maps
+        resized = F.interpolate(value[None].float(), size=(size, size), mode="nearest")[0]
+        if self.modality == "semantic":
+            ids = resized[0].long()
+            if int(ids.max()) >= self.map_channels:
+                raise ValueError(f"semantic map holds class id {int(ids.max())}; this adapter knows {self.map_channels}")
+            return rearrange(F.one_hot(ids, self.map_channels).float(), "h w c -> c h w")
+        return resized * 2 - 1
+
+    def null_inputs(self, batch_size: int) -> dict[str, torch.Tensor]:
+        size = self.options["resize_input"]
+        return {
+            "maps": torch.zeros(batch_size, self.map_channels, size, size),
+            "masks": torch.zeros(batch_size),
+            "conv_masks": torch.zeros(batch_size),
+        }
+
+    def forward(self, maps: torch.Tensor, masks: torch.Tensor, conv_masks: torch.Tensor | None = None) -> torch.Tensor:
+        """maps (B, C, R, R); masks (B,), 0 = null tokens. Returns (B, grid**2, token_dim)."""
+        features = self.in_conv(maps) if self.modality == "semantic" else maps
+        features = rearrange(self.backbone(features), "b c h w -> b (h w) c") + self.pos_embedding
+        features = blend_null(features, masks[:, None].expand(-1, features.shape[1]), self.null_feature)
+        return self.linears(features)
+
+    def conv_in_residual(self, inputs: dict[str, torch.Tensor], *, latent_size: tuple[int, int]) -> torch.Tensor:
+        """(B, conv_in_channels, h, w) for a latent of size (h, w); zero where ``conv_masks`` is 0."""
+        height, width = latent_size
+        maps = inputs["maps"]
+        mode = "nearest" if self.modality == "semantic" else "bilinear"
+        maps = F.interpolate(maps, size=(4 * height, 4 * width), mode=mode)
+        residual = self.conv_in_residual_proj(self.downsample_net(maps))
+        return residual * inputs["conv_masks"].to(residual.dtype)[:, None, None, None]
+
+
+@register_tokenizer("depth")
+class DepthTokenizer(SpatialMapTokenizer):
+    """Depth maps, near = bright (MiDaS inverse depth)."""
+
+    default_beta = 0.7
+
+
+@register_tokenizer("normal")
+class NormalTokenizer(SpatialMapTokenizer):
+    """Surface-normal maps, 3 channels in [0, 1]."""
+
+    default_beta = 0.7
+
+
+@register_tokenizer("semantic")
+class SemanticTokenizer(SpatialMapTokenizer):
+    """Semantic label maps (integer class ids, one-hot inside)."""
+
+    default_beta = 0.7
+
+
+@register_tokenizer("hed")
+class HedTokenizer(SpatialMapTokenizer):
+    """HED soft-edge maps."""
+
+    default_beta = 0.9
+
+
+@register_tokenizer("canny")
+class CannyTokenizer(SpatialMapTokenizer):
+    """Canny edge maps (GLIGEN used thresholds 100 and 200)."""
+
+    default_beta = 0.9
