@@ -21,8 +21,8 @@ from .grounding import (  # noqa: E402
 )
 from .inject import (  # noqa: E402
     GroundingAdapterError,
-    add_grounding_adapter,
     adapter_parameters,
+    add_grounding_adapter,
     grounding_adapters,
     remove_grounding_adapter,
     set_grounding_scale,

@@ -20,8 +20,8 @@ from torch import nn
 from . import __version__
 from .inject import (
     GroundingAdapterError,
-    add_grounding_adapter,
     adapter_parameters,
+    add_grounding_adapter,
     grounding_adapters,
     remove_grounding_adapter,
     unet_fingerprint,
@@ -83,9 +83,14 @@ def adapter_config(unet: nn.Module, adapter_name: str) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "library": f"gligen-ext {__version__}",
         "adapter_name": adapter_name,
-        "modalities": {m: {"options": t.options, "default_beta": t.default_beta} for m, t in adapter.tokenizers.items()},
-        "dims": {"token_dim": first.dims.token_dim, "positive_len": first.dims.positive_len,
-                 "conv_in_channels": first.dims.conv_in_channels},
+        "modalities": {
+            m: {"options": t.options, "default_beta": t.default_beta} for m, t in adapter.tokenizers.items()
+        },
+        "dims": {
+            "token_dim": first.dims.token_dim,
+            "positive_len": first.dims.positive_len,
+            "conv_in_channels": first.dims.conv_in_channels,
+        },
         "base": unet_fingerprint(unet),
     }
 
@@ -217,7 +222,8 @@ def _config_from_metadata(path: Path, metadata: dict[str, str] | None) -> dict[s
         raise AdapterFileError(f"{path.name}: its gligen-ext config is not valid JSON") from error
     if config.get("format_version", 0) > FORMAT_VERSION:
         raise AdapterFileError(
-            f"{path.name} uses adapter format {config['format_version']}; this gligen-ext reads up to {FORMAT_VERSION}, "
+            f"{path.name} uses adapter format {config['format_version']}; this gligen-ext reads up to "
+            f"{FORMAT_VERSION}, "
             "upgrade gligen-ext"
         )
     return config

@@ -29,17 +29,20 @@ def prepare_grounding(
     height: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    strict: bool = True,
 ) -> GroundingInputs:
     """Parse and tokenize-prepare layouts for every enabled adapter on ``unet``.
 
     ``layouts`` is one layout (dict, JSON path or :class:`Layout`) broadcast to ``batch_size``, or a list with one per
-    sample. Returns ``{adapter: {modality: {name: (B, ...) tensor}}}``; pass it as
+    sample. With ``strict``, a modality in the layouts that no enabled adapter handles raises
+    :class:`UnhandledModalityError`; otherwise it is ignored. Returns ``{adapter: {modality: {name: (B, ...) tensor}}}``; pass it as
     ``unet(..., cross_attention_kwargs={"gligen": inputs})``. Run it once per generation, not once per step.
     """
     parsed = parse_layouts(layouts, batch_size=batch_size, width=width, height=height)
     encoders = encoders or GroundingEncoders()
     adapters = grounding_adapters(unet)
-    check_modalities_handled(parsed, adapters)
+    if strict:
+        check_modalities_handled(parsed, adapters)
     parameter = next(unet.parameters())
     device, dtype = device or parameter.device, dtype or parameter.dtype
     inputs: GroundingInputs = {}
@@ -62,7 +65,9 @@ def null_grounding(inputs: GroundingInputs) -> GroundingInputs:
     """
     return {
         name: {
-            modality: {key: value if key in ("conv_masks", "maps") else torch.zeros_like(value) for key, value in t.items()}
+            modality: {
+                key: value if key in ("conv_masks", "maps") else torch.zeros_like(value) for key, value in t.items()
+            }
             for modality, t in per_modality.items()
         }
         for name, per_modality in inputs.items()

@@ -8,14 +8,14 @@ This is the only module that knows diffusers' UNet internals. It relies on diffu
 
 So a stock UNet becomes grounded by attaching a ``fuser`` to each transformer block and one ``position_net`` to the
 UNet; nothing in diffusers is patched. ``tests/test_diffusers_contract.py`` fails loudly if an upgrade moves a hook.
-``conv_in`` runs before ``position_net``, so spatial tokenizers add their first-conv residual through two forward hooks.
+``conv_in`` runs before ``position_net``, so spatial tokenizers add their first-conv residual through forward hooks.
 """
 
 from __future__ import annotations
 
 import inspect
-from functools import partial
 from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -89,10 +89,13 @@ def grounding_dims(unet: nn.Module, *, positive_len: int | None = None) -> Groun
     """Token width from the UNet's cross-attention, phrase width from ``positive_len`` (default: token width)."""
     widths = {block.attn2.cross_attention_dim for _, block in transformer_blocks(unet) if block.attn2 is not None}
     if len(widths) != 1:
-        raise GroundingAdapterError(f"expected one cross_attention_dim across transformer blocks, found {sorted(widths)}")
+        raise GroundingAdapterError(
+            f"expected one cross_attention_dim across transformer blocks, found {sorted(widths)}"
+        )
     token_dim = widths.pop()
-    return GroundingDims(token_dim=token_dim, positive_len=positive_len or token_dim,
-                         conv_in_channels=unet.conv_in.out_channels)
+    return GroundingDims(
+        token_dim=token_dim, positive_len=positive_len or token_dim, conv_in_channels=unet.conv_in.out_channels
+    )
 
 
 def unet_fingerprint(unet: nn.Module) -> dict[str, Any]:

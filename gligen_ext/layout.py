@@ -28,12 +28,12 @@ _PARTS = ("eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
 COCO_KEYPOINTS: tuple[str, ...] = ("nose", *(f"{side}_{part}" for part in _PARTS for side in ("left", "right")))
 COCO_FLIP_PAIRS: tuple[tuple[int, int], ...] = tuple((i, i + 1) for i in range(1, 17, 2))
 # COCO's person skeleton is 1-based in the annotation files; these are the same 19 limbs, 0-based.
-COCO_SKELETON: tuple[tuple[int, int], ...] = (
-    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9), (8, 10),
-    (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
-)
+COCO_SKELETON: tuple[tuple[int, int], ...] = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12),
+                                              (5, 6), (5, 7), (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3),
+                                              (2, 4), (3, 5), (4, 6))
 _UNITS = ("normalized", "pixels")
 _TOP_KEYS = ("boxes", "keypoints", "units", *MAP_CHANNELS)
+_BOX_NAMES = ("x0", "y0", "x1", "y1")
 _TOL = 1e-6
 
 
@@ -66,19 +66,13 @@ class PersonKeypoints:
     def area(self) -> float:
         """Area of the bounding box of the labelled (v > 0) points; 0.0 with fewer than 2 of them."""
         xy = self.points[self.points[:, 2] > 0, :2]
-        if len(xy) < 2:
-            return 0.0
-        w, h = xy.max(axis=0) - xy.min(axis=0)
-        return float(w * h)
+        return float(np.prod(np.ptp(xy, axis=0))) if len(xy) >= 2 else 0.0
 
 
 @dataclass
 class Layout:
-    """A validated layout for one prompt.
-
-    ``maps`` holds float32 (C, H, W) tensors, C = ``MAP_CHANNELS[name]``, in [0, 1]; ``"semantic"`` holds unscaled
-    integer class ids instead.
-    """
+    """A validated layout for one prompt; ``maps`` holds float32 (C, H, W) tensors, C = ``MAP_CHANNELS[name]``,
+    in [0, 1], except that ``"semantic"`` holds unscaled integer class ids."""
 
     boxes: list[GroundedBox] = field(default_factory=list)
     keypoints: list[PersonKeypoints] = field(default_factory=list)
@@ -115,10 +109,6 @@ def _check_keys(entry: Mapping[Any, Any], allowed: Sequence[str], path: str) -> 
             raise LayoutError(f"{path}: unknown key {key!r}{hint}; allowed keys are {', '.join(map(repr, allowed))}")
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
 def _as_list(value: Any, path: str, what: str, n: int | None = None) -> list[Any] | tuple[Any, ...]:
     # Arrays and tensors are accepted wherever a (nested) list of numbers is.
     value = value.tolist() if isinstance(value, (np.ndarray, torch.Tensor)) else value
@@ -132,7 +122,7 @@ def _as_list(value: Any, path: str, what: str, n: int | None = None) -> list[Any
 def _numbers(value: Any, n: int, path: str, what: str) -> list[float]:
     value = _as_list(value, path, f"numbers {what}", n)
     for i, v in enumerate(value):
-        if not _is_real(v):
+        if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)):
             kind = "a nested list; give a flat list" if isinstance(v, (list, tuple)) else f"{type(v).__name__} {v!r}"
             raise LayoutError(f"{path}[{i}]: expected a number of {what}, got {kind}")
     return [float(v) for v in value]
@@ -149,11 +139,10 @@ def _unit_coord(raw: float, size: float, path: str, name: str, pixels: bool) -> 
 
 def _parse_box(value: Any, path: str, size: tuple[float, float], pixels: bool) -> tuple[float, float, float, float]:
     coords = _numbers(value, 4, path, "[x0, y0, x1, y1]")
-    x0, y0, x1, y1 = (_unit_coord(c, s, path, n, pixels) for c, s, n in zip(coords, size * 2, ("x0", "y0", "x1", "y1")))
-    if x1 <= x0:
-        raise LayoutError(f"{path}: x1 ({x1:.2f}) must be greater than x0 ({x0:.2f})")
-    if y1 <= y0:
-        raise LayoutError(f"{path}: y1 ({y1:.2f}) must be greater than y0 ({y0:.2f})")
+    x0, y0, x1, y1 = (_unit_coord(c, s, path, n, pixels) for c, s, n in zip(coords, size * 2, _BOX_NAMES))
+    for low, high, lo, hi in (("x0", "x1", x0, x1), ("y0", "y1", y0, y1)):
+        if hi <= lo:
+            raise LayoutError(f"{path}: {high} ({hi:.2f}) must be greater than {low} ({lo:.2f})")
     return x0, y0, x1, y1
 
 
@@ -174,8 +163,7 @@ def _read_image(value: str | os.PathLike[str], path: str, base_dir: Path | None)
 
 def _parse_box_entry(entry: Any, path: str, size: tuple[float, float], pixels: bool, base: Path | None) -> GroundedBox:
     if not isinstance(entry, Mapping):
-        example = '{"phrase": "a cat", "box": [x0, y0, x1, y1]}'
-        raise LayoutError(f"{path}: expected a dict like {example}, got {type(entry).__name__}")
+        raise LayoutError(f"{path}: expected a dict {{'phrase' or 'image', 'box'}}, got {type(entry).__name__}")
     _check_keys(entry, ("box", "phrase", "image"), path)
     phrase, image = entry.get("phrase"), entry.get("image")
     if phrase is not None and image is not None:
@@ -212,8 +200,8 @@ def _parse_person(entry: Any, path: str, size: tuple[float, float], pixels: bool
     return PersonKeypoints(out)
 
 
-def _map_array(value: Any, name: str, path: str, base_dir: Path | None) -> np.ndarray:
-    """Turn any accepted map value into a numeric, non-empty (C, H, W) numpy array with C in {1, 3}."""
+def _parse_map(value: Any, name: str, path: str, base_dir: Path | None) -> torch.Tensor:
+    """Turn a map value into float32 (C, H, W): intensities scaled to [0, 1], semantic class ids kept as they are."""
     if isinstance(value, (str, os.PathLike)):
         value = _read_image(value, path, base_dir)
     if isinstance(value, Image.Image):
@@ -226,11 +214,9 @@ def _map_array(value: Any, name: str, path: str, base_dir: Path | None) -> np.nd
         value = arr.astype(np.uint16) if mode == "I" and arr.size and 0 <= arr.min() <= arr.max() <= 65535 else arr
     channels_first = isinstance(value, torch.Tensor)
     if channels_first:  # numpy has no bfloat16
-        value = value.detach().cpu()
-        value = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+        value = value.detach().to("cpu", torch.float32 if value.dtype == torch.bfloat16 else None).numpy()
     if not isinstance(value, np.ndarray):
-        kind = type(value).__name__
-        raise LayoutError(f"{path}: expected a PIL image, numpy array, torch tensor or image path, got {kind}")
+        raise LayoutError(f"{path}: expected a PIL image, ndarray, tensor or image path, got {type(value).__name__}")
     if value.dtype.kind not in "biuf":
         raise LayoutError(f"{path}: dtype {value.dtype} is not numeric; give a bool, integer or float array")
     if value.size == 0:
@@ -238,11 +224,7 @@ def _map_array(value: Any, name: str, path: str, base_dir: Path | None) -> np.nd
     layouts = "(H, W) or (C, H, W) for torch tensors" if channels_first else "(H, W) or (H, W, C) for arrays/images"
     if value.ndim not in (2, 3) or (value.ndim == 3 and value.shape[0 if channels_first else 2] not in (1, 3)):
         raise LayoutError(f"{path}: got {value.ndim} dims, shape {tuple(value.shape)}; expected {layouts}, C 1 or 3")
-    return value[None] if value.ndim == 2 else value if channels_first else value.transpose(2, 0, 1)
-
-
-def _parse_map(value: Any, name: str, path: str, base_dir: Path | None) -> torch.Tensor:
-    arr = _map_array(value, name, path, base_dir)
+    arr = value[None] if value.ndim == 2 else value if channels_first else value.transpose(2, 0, 1)
     lo, hi = float(arr.min()), float(arr.max())
     span = f"values span [{lo:.4g}, {hi:.4g}]"
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -256,11 +238,7 @@ def _parse_map(value: Any, name: str, path: str, base_dir: Path | None) -> torch
     elif arr.dtype.kind in "iu":
         if lo < 0:
             raise LayoutError(f"{path}: {span}; negative integers are not intensities, give values >= 0")
-        top = np.iinfo(arr.dtype).max  # 255 for uint8, 65535 for uint16
-        if arr.dtype.itemsize >= 4 and hi <= 65535:  # int64 from np.array(list_of_ints) is the usual culprit
-            logger.warning("%s: %s map peaks at %d but is divided by the dtype maximum %d; cast 8/16-bit data to "
-                           "uint8/uint16 first", path, arr.dtype, hi, top)
-        arr = arr.astype(np.float32) / np.float32(top)
+        arr = arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)  # 255 for uint8, 65535 for uint16
     elif arr.dtype.kind == "f":
         if lo < -_TOL or hi > 1 + _TOL:
             raise LayoutError(f"{path}: {span}; scale them to [0, 1] (e.g. divide by the maximum)")
@@ -277,10 +255,9 @@ def parse_layout(layout: LayoutLike, *, width: int | None = None, height: int | 
                  field_path: str = "layout") -> Layout:
     """Validate one layout and return it normalised: boxes and keypoints in [0, 1], maps as (C, H, W) float32.
 
-    ``None`` or ``{}`` gives an empty :class:`Layout` and a :class:`Layout` passes through unchanged. A str or path
-    names a JSON file whose relative image/map paths resolve against its folder. ``width`` and ``height`` (pixels)
-    are needed only for ``"units": "pixels"``. Raises :class:`LayoutError` on any bad input.
-    """
+    ``None`` or ``{}`` gives an empty :class:`Layout`; a :class:`Layout` passes through unchanged; a str or path names
+    a JSON file whose relative image/map paths resolve against its folder. ``width`` and ``height`` (pixels) are
+    needed only for ``"units": "pixels"``. Raises :class:`LayoutError` on any bad input."""
     if isinstance(layout, Layout):
         return layout
     base_dir = None
@@ -295,8 +272,7 @@ def parse_layout(layout: LayoutLike, *, width: int | None = None, height: int | 
     if layout is None:
         return Layout()
     if not isinstance(layout, Mapping):
-        kind = type(layout).__name__
-        raise LayoutError(f"{field_path}: expected a dict with keys such as 'boxes' or 'depth', or a JSON path; got {kind}")
+        raise LayoutError(f"{field_path}: expected a layout dict or a JSON file path, got {type(layout).__name__}")
     _check_keys(layout, _TOP_KEYS, field_path)
     units = "normalized" if layout.get("units") is None else layout["units"]
     if not isinstance(units, str) or units not in _UNITS:
@@ -307,7 +283,7 @@ def parse_layout(layout: LayoutLike, *, width: int | None = None, height: int | 
     if pixels:
         if width is None or height is None:
             raise LayoutError(f"{field_path}.units: 'pixels' needs the image size; pass width= and height=")
-        if not (_is_real(width) and _is_real(height) and width > 0 and height > 0):
+        if not (isinstance(width, numbers.Real) and isinstance(height, numbers.Real) and width > 0 and height > 0):
             raise LayoutError(f"{field_path}.units: width and height must be positive, got {width!r} x {height!r}")
         size = (float(width), float(height))
     given = {k: v for k, v in layout.items() if v is not None}  # a None value means the key is absent
@@ -322,11 +298,8 @@ def parse_layout(layout: LayoutLike, *, width: int | None = None, height: int | 
 
 def parse_layouts(layouts: LayoutLike | Sequence[LayoutLike], *, batch_size: int | None = None,
                   width: int | None = None, height: int | None = None) -> list[Layout]:
-    """Parse one layout per prompt.
-
-    A list or tuple gives one layout per prompt (its length must equal ``batch_size`` when given); anything else is
-    a single layout shared by all ``batch_size`` prompts (the same :class:`Layout` object, repeated).
-    """
+    """Parse one layout per prompt: a list or tuple gives one per prompt (its length must equal ``batch_size``);
+    anything else is a single layout shared by all ``batch_size`` prompts (the same :class:`Layout`, repeated)."""
     if not isinstance(layouts, (list, tuple)):
         return [parse_layout(layouts, width=width, height=height)] * (1 if batch_size is None else batch_size)
     if batch_size is not None and len(layouts) != batch_size:

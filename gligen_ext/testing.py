@@ -52,23 +52,41 @@ def tiny_tokenizer(folder: str | os.PathLike) -> CLIPTokenizer:
 def tiny_text_encoder(*, hidden_size: int = 32, seed: int = 0) -> CLIPTextModel:
     torch.manual_seed(seed)
     config = CLIPTextConfig(
-        hidden_size=hidden_size, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=77, vocab_size=1000, layer_norm_eps=1e-5,
-        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID,
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        vocab_size=1000,
+        layer_norm_eps=1e-5,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
     )
     return CLIPTextModel(config).eval()
 
 
 def tiny_unet_config(*, cross_attention_dim: int = 32, sdxl: bool = False) -> dict:
     config = dict(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=32,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
     )
     if sdxl:
         config |= dict(
-            addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80,
-            transformer_layers_per_block=(1, 2), use_linear_projection=True, attention_head_dim=(2, 4),
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=80,
+            transformer_layers_per_block=(1, 2),
+            use_linear_projection=True,
+            attention_head_dim=(2, 4),
         )
     return config
 
@@ -81,13 +99,48 @@ def tiny_unet(*, seed: int = 0, **config_overrides) -> UNet2DConditionModel:
 def tiny_vae(*, seed: int = 0) -> AutoencoderKL:
     torch.manual_seed(seed)
     return AutoencoderKL(
-        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"), up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        sample_size=64,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
     ).eval()
 
 
 def tiny_scheduler() -> DDIMScheduler:
     return DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
+
+
+def tiny_reference_image_encoder(*, width: int = 32, seed: int = 0):
+    """A tiny CLIP vision tower, image processor and bias-free projection for image-grounded boxes."""
+    from diffusers.pipelines.stable_diffusion.clip_image_project_model import CLIPImageProjection
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    try:  # transformers >= 5 names the torchvision-free processor explicitly
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
+
+    from .encoders import ReferenceImageEncoder
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(
+        hidden_size=width,
+        projection_dim=width,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        image_size=32,
+        patch_size=8,
+    )
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return ReferenceImageEncoder(CLIPVisionModelWithProjection(config).eval(), processor, CLIPImageProjection(width))

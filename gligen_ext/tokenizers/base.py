@@ -1,8 +1,8 @@
 """The grounding-tokenizer contract and its registry.
 
-A grounding tokenizer is GLIGEN's "position net" for one modality: it turns part of a :class:`~gligen_ext.layout.Layout`
-into grounding tokens ``(B, N, token_dim)`` that the gated self-attention layers read. Adding a modality means writing
-one file in this package with a subclass decorated by :func:`register_tokenizer`; it is discovered automatically.
+A grounding tokenizer is GLIGEN's "position net" for one modality: it turns part of a layout into grounding tokens
+``(B, N, token_dim)`` that the gated self-attention layers read. Adding a modality means writing one file in this
+package with a subclass decorated by :func:`register_tokenizer`; it is discovered automatically.
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ class GroundingTokenizer(nn.Module):
         self.dims = dims
         self.options = dict(options)
 
+    @classmethod
+    def example_layout(cls) -> dict[str, Any]:
+        """A small valid layout dict for this modality; the registry-wide contract tests run every tokenizer on it."""
+        raise NotImplementedError(f"{cls.__name__} must define example_layout() for the contract tests")
+
     @property
     def num_tokens(self) -> int:
         """Number of grounding tokens this tokenizer emits per sample."""
@@ -76,7 +81,9 @@ class GroundingTokenizer(nn.Module):
         """Inputs meaning "no grounding" (all masks 0), used for padding, CFG and condition dropout."""
         raise NotImplementedError
 
-    def conv_in_residual(self, inputs: dict[str, torch.Tensor], *, latent_size: tuple[int, int]) -> torch.Tensor | None:
+    def conv_in_residual(
+        self, inputs: dict[str, torch.Tensor], *, latent_size: tuple[int, int]
+    ) -> torch.Tensor | None:
         """Optional residual ``(B, conv_in_channels, h, w)`` added to the UNet's first-conv output."""
         return None
 
@@ -89,7 +96,9 @@ def register_tokenizer(name: str) -> Callable[[type[GroundingTokenizer]], type[G
 
     def decorator(cls: type[GroundingTokenizer]) -> type[GroundingTokenizer]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"a grounding tokenizer named {name!r} is already registered ({_REGISTRY[name].__name__})")
+            raise ValueError(
+                f"a grounding tokenizer named {name!r} is already registered ({_REGISTRY[name].__name__})"
+            )
         cls.modality = name
         _REGISTRY[name] = cls
         return cls
@@ -129,7 +138,9 @@ def fourier_embed(coords: torch.Tensor, *, num_freqs: int = 8, temperature: floa
 
 def mlp(in_dim: int, out_dim: int, hidden: int = 512) -> nn.Sequential:
     """GLIGEN's three-layer SiLU MLP; indices 0, 2, 4 hold the weights (``linears.{0,2,4}.*``)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out_dim)
+    )
 
 
 def blend_null(values: torch.Tensor, masks: torch.Tensor, null: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Boxes with text phrases (GLIGEN's text grounding net; diffusers' ``GLIGENTextBoundingboxProjection`` "text-only")."""
+"""Boxes with text phrases: GLIGEN's text grounding net, diffusers' ``GLIGENTextBoundingboxProjection`` (text-only)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import torch
 from torch import nn
 
 from ..layout import Layout, keep_largest_boxes
-from .base import GroundingDims, GroundingEncoders, GroundingTokenizer, blend_null, fourier_embed, mlp, register_tokenizer
+from .base import (
+    GroundingDims,
+    GroundingEncoders,
+    GroundingTokenizer,
+    blend_null,
+    fourier_embed,
+    mlp,
+    register_tokenizer,
+)
 
 
 def encode_unique_phrases(phrases: list[str], encoders: GroundingEncoders, modality: str) -> dict[str, torch.Tensor]:
@@ -17,7 +25,9 @@ def encode_unique_phrases(phrases: list[str], encoders: GroundingEncoders, modal
     if not unique:
         return {}
     if encoders.encode_phrases is None:
-        raise ValueError(f"the {modality!r} tokenizer needs a phrase encoder (text encoder + tokenizer) to embed phrases")
+        raise ValueError(
+            f"the {modality!r} tokenizer needs a phrase encoder (text encoder + tokenizer) to embed phrases"
+        )
     embeddings = encoders.encode_phrases(unique).detach().float().cpu()
     return dict(zip(unique, embeddings))
 
@@ -28,13 +38,24 @@ class BoxTokenizer(GroundingTokenizer):
 
     default_beta = 0.3
 
-    def __init__(self, *, dims: GroundingDims, max_objs: int = 30, fourier_freqs: int = 8, hidden_dim: int = 512) -> None:
+    def __init__(
+        self, *, dims: GroundingDims, max_objs: int = 30, fourier_freqs: int = 8, hidden_dim: int = 512
+    ) -> None:
         super().__init__(dims=dims, max_objs=max_objs, fourier_freqs=fourier_freqs, hidden_dim=hidden_dim)
         self.fourier_freqs = fourier_freqs
         position_dim = fourier_freqs * 2 * 4
         self.linears = mlp(dims.positive_len + position_dim, dims.token_dim, hidden_dim)
         self.null_positive_feature = nn.Parameter(torch.zeros(dims.positive_len))
         self.null_position_feature = nn.Parameter(torch.zeros(position_dim))
+
+    @classmethod
+    def example_layout(cls) -> dict:
+        return {
+            "boxes": [
+                {"phrase": "a red circle", "box": [0.1, 0.2, 0.5, 0.6]},
+                {"phrase": "a blue square", "box": [0.5, 0.5, 0.9, 0.95]},
+            ]
+        }
 
     @property
     def num_tokens(self) -> int:

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from ..layout import Layout, keep_largest_boxes
-from .base import GroundingDims, GroundingEncoders, GroundingTokenizer, blend_null, fourier_embed, mlp, register_tokenizer
+from .base import (
+    GroundingDims,
+    GroundingEncoders,
+    GroundingTokenizer,
+    blend_null,
+    fourier_embed,
+    mlp,
+    register_tokenizer,
+)
 from .boxes import encode_unique_phrases
 
 
@@ -23,7 +33,9 @@ class ImageBoxTokenizer(GroundingTokenizer):
     # GLIGEN samples image-grounded layouts with grounding on for every step
     default_beta = 1.0
 
-    def __init__(self, *, dims: GroundingDims, max_objs: int = 30, fourier_freqs: int = 8, hidden_dim: int = 512) -> None:
+    def __init__(
+        self, *, dims: GroundingDims, max_objs: int = 30, fourier_freqs: int = 8, hidden_dim: int = 512
+    ) -> None:
         super().__init__(dims=dims, max_objs=max_objs, fourier_freqs=fourier_freqs, hidden_dim=hidden_dim)
         self.fourier_freqs = fourier_freqs
         position_dim = fourier_freqs * 2 * 4
@@ -32,6 +44,13 @@ class ImageBoxTokenizer(GroundingTokenizer):
         self.null_text_feature = nn.Parameter(torch.zeros(dims.positive_len))
         self.null_image_feature = nn.Parameter(torch.zeros(dims.positive_len))
         self.null_position_feature = nn.Parameter(torch.zeros(position_dim))
+
+    @classmethod
+    def example_layout(cls) -> dict:
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+        return {
+            "boxes": [{"phrase": "a cat", "box": [0.1, 0.1, 0.4, 0.5]}, {"image": image, "box": [0.5, 0.2, 0.9, 0.8]}]
+        }
 
     @property
     def num_tokens(self) -> int:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from einops import rearrange, repeat
 from torch import nn
 
 from ..layout import Layout, keep_largest_persons
-from .base import GroundingDims, GroundingEncoders, GroundingTokenizer, blend_null, fourier_embed, mlp, register_tokenizer
+from .base import (
+    GroundingDims,
+    GroundingEncoders,
+    GroundingTokenizer,
+    blend_null,
+    fourier_embed,
+    mlp,
+    register_tokenizer,
+)
 
 NUM_JOINTS = 17
 
@@ -33,7 +42,11 @@ class KeypointTokenizer(GroundingTokenizer):
         use_occluded: bool = False,
     ) -> None:
         super().__init__(
-            dims=dims, max_persons=max_persons, fourier_freqs=fourier_freqs, hidden_dim=hidden_dim, use_occluded=use_occluded
+            dims=dims,
+            max_persons=max_persons,
+            fourier_freqs=fourier_freqs,
+            hidden_dim=hidden_dim,
+            use_occluded=use_occluded,
         )
         self.fourier_freqs = fourier_freqs
         identity_dim = dims.token_dim
@@ -43,6 +56,15 @@ class KeypointTokenizer(GroundingTokenizer):
         self.null_person_feature = nn.Parameter(torch.zeros(identity_dim))
         self.null_xy_feature = nn.Parameter(torch.zeros(position_dim))
         self.linears = mlp(identity_dim + position_dim, dims.token_dim, hidden_dim)
+
+    @classmethod
+    def example_layout(cls) -> dict:
+        rng = np.random.default_rng(0)
+        points = [
+            [float(x), float(y), int(v)]
+            for (x, y), v in zip(rng.uniform(0.2, 0.8, (NUM_JOINTS, 2)), rng.choice([0, 1, 2, 2], NUM_JOINTS))
+        ]
+        return {"keypoints": [{"points": points}]}
 
     @property
     def num_tokens(self) -> int:
@@ -61,12 +83,17 @@ class KeypointTokenizer(GroundingTokenizer):
         return inputs
 
     def null_inputs(self, batch_size: int) -> dict[str, torch.Tensor]:
-        return {"points": torch.zeros(batch_size, self.num_tokens, 2), "masks": torch.zeros(batch_size, self.num_tokens)}
+        return {
+            "points": torch.zeros(batch_size, self.num_tokens, 2),
+            "masks": torch.zeros(batch_size, self.num_tokens),
+        }
 
     def forward(self, points: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """points (B, persons*17, 2) normalised xy; masks (B, persons*17), 1 = use this joint.
         Returns (B, persons*17, token_dim)."""
-        identity = rearrange(self.person_embeddings, "p d -> p 1 d") + rearrange(self.keypoint_embeddings, "k d -> 1 k d")
+        identity = rearrange(self.person_embeddings, "p d -> p 1 d") + rearrange(
+            self.keypoint_embeddings, "k d -> 1 k d"
+        )
         identity = repeat(identity, "p k d -> b (p k) d", b=points.shape[0])
         identity = blend_null(identity, masks, self.null_person_feature)
         position = blend_null(fourier_embed(points, num_freqs=self.fourier_freqs), masks, self.null_xy_feature)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -36,7 +37,9 @@ def small_backbone(in_channels: int, *, grid_size: int, resize_input: int) -> nn
         layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.SiLU()]
         channels, size = width, (size + 1) // 2
     if size != grid_size:
-        raise ValueError(f"resize_input {resize_input} must be grid_size ({grid_size}) times a power of 2, at most 64x")
+        raise ValueError(
+            f"resize_input {resize_input} must be grid_size ({grid_size}) times a power of 2, at most 64x"
+        )
     layers.append(nn.Conv2d(channels, FEATURE_DIM, 1))
     return nn.Sequential(*layers)
 
@@ -62,8 +65,9 @@ class SpatialMapTokenizer(GroundingTokenizer):
         if self.modality == "semantic":
             # GLIGEN feeds one-hot labels through a 3x3 conv to 3 channels before the backbone
             self.in_conv = nn.Conv2d(map_channels, 3, 3, padding=1)
-        self.backbone = small_backbone(3 if self.modality == "semantic" else map_channels, grid_size=grid_size,
-                                       resize_input=resize_input)
+        self.backbone = small_backbone(
+            3 if self.modality == "semantic" else map_channels, grid_size=grid_size, resize_input=resize_input
+        )
         self.pos_embedding = nn.Parameter(torch.empty(1, grid_size**2, FEATURE_DIM).normal_(0.0, 0.02))
         self.null_feature = nn.Parameter(torch.zeros(FEATURE_DIM))
         self.linears = mlp(FEATURE_DIM, dims.token_dim, hidden_dim)
@@ -75,6 +79,15 @@ class SpatialMapTokenizer(GroundingTokenizer):
         )
         self.conv_in_residual_proj = nn.Conv2d(DOWNSAMPLED_CHANNELS, dims.conv_in_channels, 3, padding=1, bias=False)
         nn.init.zeros_(self.conv_in_residual_proj.weight)
+
+    @classmethod
+    def example_layout(cls) -> dict:
+        rng = np.random.default_rng(0)
+        if cls.modality == "semantic":
+            return {"semantic": rng.integers(0, 20, (48, 40), dtype=np.uint8)}
+        channels = MAP_CHANNELS[cls.modality]
+        shape = (48, 40, channels) if channels > 1 else (48, 40)
+        return {cls.modality: rng.integers(0, 255, shape, dtype=np.uint8)}
 
     @property
     def map_channels(self) -> int:
@@ -101,7 +114,9 @@ class SpatialMapTokenizer(GroundingTokenizer):
         if self.modality == "semantic":
             ids = resized[0].long()
             if int(ids.max()) >= self.map_channels:
-                raise ValueError(f"semantic map holds class id {int(ids.max())}; this adapter knows {self.map_channels}")
+                raise ValueError(
+                    f"semantic map holds class id {int(ids.max())}; this adapter knows {self.map_channels}"
+                )
             return rearrange(F.one_hot(ids, self.map_channels).float(), "h w c -> c h w")
         return resized * 2 - 1
 
