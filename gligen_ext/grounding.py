@@ -35,8 +35,8 @@ def prepare_grounding(
 
     ``layouts`` is one layout (dict, JSON path or :class:`Layout`) broadcast to ``batch_size``, or a list with one per
     sample. With ``strict``, a modality in the layouts that no enabled adapter handles raises
-    :class:`UnhandledModalityError`; otherwise it is ignored. Returns ``{adapter: {modality: {name: (B, ...) tensor}}}``; pass it as
-    ``unet(..., cross_attention_kwargs={"gligen": inputs})``. Run it once per generation, not once per step.
+    :class:`UnhandledModalityError`; otherwise it is ignored. Returns ``{adapter: {modality: {name: (B, ...)}}}``;
+    pass it as ``unet(..., cross_attention_kwargs={"gligen": inputs})``, once per generation, not once per step.
     """
     parsed = parse_layouts(layouts, batch_size=batch_size, width=width, height=height)
     encoders = encoders or GroundingEncoders()

@@ -9,7 +9,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention import GatedSelfAttentionDense
 from diffusers.models.embeddings import GLIGENTextBoundingboxProjection, get_fourier_embeds_from_boundingbox
 
-from gligen_ext import GatedSelfAttention, GroundingDims, add_grounding_adapter, adapter_parameters
+from gligen_ext import GatedSelfAttention, GroundingDims, adapter_parameters, add_grounding_adapter
 from gligen_ext.gated_attention import GroundingFuser
 from gligen_ext.inject import GroundingPositionNet
 from gligen_ext.testing import tiny_unet, tiny_unet_config

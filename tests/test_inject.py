@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from diffusers.models.attention import BasicTransformerBlock
 from conftest import open_gates, randomize
+from diffusers.models.attention import BasicTransformerBlock
 
 from gligen_ext import (
     GatedSelfAttention,
