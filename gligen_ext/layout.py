@@ -238,7 +238,11 @@ def _parse_map(value: Any, name: str, path: str, base_dir: Path | None) -> torch
     elif arr.dtype.kind in "iu":
         if lo < 0:
             raise LayoutError(f"{path}: {span}; negative integers are not intensities, give values >= 0")
-        arr = arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)  # 255 for uint8, 65535 for uint16
+        # wider integer types usually hold 8- or 16-bit values (e.g. np.array of a list gives int64)
+        depth = 255 if arr.dtype == np.uint8 or (arr.dtype != np.uint16 and hi <= 255) else 65535
+        if hi > depth:
+            raise LayoutError(f"{path}: {span}; integer maps must be 8- or 16-bit, or give floats in [0, 1]")
+        arr = arr.astype(np.float32) / np.float32(depth)
     elif arr.dtype.kind == "f":
         if lo < -_TOL or hi > 1 + _TOL:
             raise LayoutError(f"{path}: {span}; scale them to [0, 1] (e.g. divide by the maximum)")

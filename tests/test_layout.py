@@ -286,6 +286,7 @@ _BAD_LAYOUTS: list[tuple[Any, str]] = [
      "layout.depth: values span [0, 255]; scale them to [0, 1] (e.g. divide by the maximum)"),
     ({"hed": np.array([[-0.5, 0.5]], np.float32)}, "layout.hed: values span [-0.5, 0.5]; scale them to [0, 1]"),
     ({"depth": np.array([[-3, 5]], np.int16)}, "layout.depth: values span [-3, 5]; negative integers"),
+    ({"depth": np.array([[0, 70000]], np.int32)}, "layout.depth: values span [0, 7e+04]; integer maps must be"),
     ({"normal": np.zeros((4, 4), np.uint8)}, "layout.normal: 'normal' maps need 3 channels (x, y, z), got 1"),
     ({"normal": torch.zeros(1, 4, 4)}, "layout.normal: 'normal' maps need 3 channels"),
     ({"semantic": np.array([[0.0, 1.5]])}, "layout.semantic: semantic maps hold integer class ids >= 0"),
@@ -346,7 +347,8 @@ def test_person_area_and_readonly_points() -> None:
     (np.array([[False, True, True]]), [0.0, 1.0, 1.0]),
     (np.array([[0.0, 0.2, 1.0]], np.float64), [0.0, 0.2, 1.0]),
     (np.array([[0.0, 0.2, 1.0]], np.float16), [0.0, 0.2, 1.0]),
-    (np.array([[0, 2**30, 2**31 - 1]], np.int32), [0.0, 0.5, 1.0]),  # other integers: divided by the dtype maximum
+    (np.array([[0, 51, 255]], np.int64), [0.0, 0.2, 1.0]),  # 8-bit values in a wide integer type
+    (np.array([[0, 13107, 65535]], np.int32), [0.0, 0.2, 1.0]),  # 16-bit values in a wide integer type
     (torch.tensor([[[0, 51, 255]]], dtype=torch.uint8), [0.0, 0.2, 1.0]),
     (torch.tensor([[0.0, 0.2, 1.0]], dtype=torch.bfloat16), [0.0, 0.2, 1.0]),
     (np.repeat(np.array([[0, 51, 255]], np.uint8)[..., None], 3, axis=-1), [0.0, 0.2, 1.0]),  # greyscale as RGB
