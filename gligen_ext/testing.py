@@ -144,3 +144,17 @@ def tiny_reference_image_encoder(*, width: int = 32, seed: int = 0):
     )
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return ReferenceImageEncoder(CLIPVisionModelWithProjection(config).eval(), processor, CLIPImageProjection(width))
+
+
+def tiny_sd_components(folder: str | os.PathLike, *, seed: int = 0, **unet_overrides) -> dict:
+    """Everything a Stable Diffusion pipeline needs, tiny and offline (64x64 images, 32x32 latents)."""
+    return dict(
+        vae=tiny_vae(seed=seed),
+        text_encoder=tiny_text_encoder(seed=seed),
+        tokenizer=tiny_tokenizer(folder),
+        unet=tiny_unet(seed=seed, **unet_overrides),
+        scheduler=tiny_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

@@ -1,0 +1,137 @@
+"""What every grounded pipeline adds to its diffusers parent: adapter management and the per-call grounding set-up.
+
+The parent's ``__call__`` stays in charge of the denoising loop. This mixin prepares grounding inputs once per call,
+doubles them for classifier-free guidance (the unconditional half gets the null grounding, as GLIGEN does), passes
+them through ``cross_attention_kwargs["gligen"]``, and switches each adapter off after its scheduled-sampling
+fraction of steps with a ``callback_on_step_end``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+from ..adapters import load_grounding_adapter
+from ..encoders import PhraseEncoder, ReferenceImageEncoder
+from ..grounding import concat_grounding, null_grounding, prepare_grounding
+from ..inject import grounding_adapters, set_grounding_scale, unload_grounding_adapters
+from ..layout import Layout, parse_layouts
+from ..tokenizers import GroundingEncoders
+
+Beta = float | dict[str, float]
+
+
+class GroundingPipelineMixin:
+    """Adds ``load_grounding_adapter``, ``set_grounding_adapters`` and ``unload_grounding_adapters``."""
+
+    def load_grounding_adapter(
+        self, path_or_hub_id: str | os.PathLike, adapter_name: str | None = None, weight: float = 1.0, **kwargs: Any
+    ) -> str:
+        """Load a gligen-ext adapter file (path, folder or hub id) into ``self.unet``; returns its name."""
+        return load_grounding_adapter(self.unet, path_or_hub_id, adapter_name=adapter_name, weight=weight, **kwargs)
+
+    def set_grounding_adapters(
+        self, names: str | Sequence[str], weights: float | Sequence[float] | None = None
+    ) -> None:
+        """Use only ``names`` (others are disabled), each with its weight (default 1.0)."""
+        names = [names] if isinstance(names, str) else list(names)
+        weights = [1.0] * len(names) if weights is None else weights
+        weights = [weights] * len(names) if isinstance(weights, (int, float)) else list(weights)
+        if len(weights) != len(names):
+            raise ValueError(f"set_grounding_adapters: {len(names)} names but {len(weights)} weights")
+        loaded = grounding_adapters(self.unet)
+        for name in loaded:
+            set_grounding_scale(self.unet, name, enabled=False)
+        for name, weight in zip(names, weights):
+            set_grounding_scale(self.unet, name, weight=weight, enabled=True)
+
+    def unload_grounding_adapters(self) -> None:
+        """Remove every grounding adapter; the UNet is exactly the base again."""
+        unload_grounding_adapters(self.unet)
+
+    def grounding_encoders(self) -> GroundingEncoders:
+        """Phrase encoder from the pipeline's (last) text encoder; image encoder when the pipeline has one."""
+        tokenizer, text_encoder = self.phrase_text_encoder()
+        image_encoder = getattr(self, "image_encoder", None)
+        processor = getattr(self, "feature_extractor", None)
+        encode_images = ReferenceImageEncoder(image_encoder, processor) if image_encoder and processor else None
+        return GroundingEncoders(encode_phrases=PhraseEncoder(tokenizer, text_encoder), encode_images=encode_images)
+
+    def phrase_text_encoder(self) -> tuple[Any, torch.nn.Module]:
+        return self.tokenizer, self.text_encoder
+
+    def grounding_for_call(
+        self, layout: Any, *, batch_size: int, num_images_per_prompt: int, width: int, height: int, cfg: bool
+    ) -> tuple[dict | None, list[Layout]]:
+        """(``gligen`` inputs or None, one parsed layout per generated image)."""
+        if layout is None or not grounding_adapters(self.unet):
+            if layout is not None:
+                parse_layouts(layout, batch_size=batch_size, width=width, height=height)  # still validate it
+                raise ValueError("layout given but no grounding adapter is loaded; call load_grounding_adapter first")
+            return None, []
+        layouts = parse_layouts(layout, batch_size=batch_size, width=width, height=height)
+        layouts = [item for item in layouts for _ in range(num_images_per_prompt)]
+        if all(item.is_empty() for item in layouts):
+            return None, layouts
+        parameter = next(self.unet.parameters())
+        inputs = prepare_grounding(
+            self.unet, layouts, self.grounding_encoders(), device=self._execution_device, dtype=parameter.dtype
+        )
+        return (concat_grounding(null_grounding(inputs), inputs) if cfg else inputs), layouts
+
+    @contextmanager
+    def scheduled_grounding(self, gligen: dict | None, grounding_beta: Beta, num_steps: int, callback: Any):
+        """Yield the step callback that turns each adapter off after ``int(beta * steps)`` steps; restore after."""
+        saved = {name: adapter.beta for name, adapter in grounding_adapters(self.unet).items()}
+        cutoffs = (
+            {
+                name: int(_adapter_beta(adapter, grounding_beta) * num_steps)
+                for name, adapter in grounding_adapters(self.unet).items()
+            }
+            if gligen
+            else {}
+        )
+        for name, cutoff in cutoffs.items():
+            set_grounding_scale(self.unet, name, beta=1.0 if cutoff > 0 else 0.0)
+
+        def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+            for name, cutoff in cutoffs.items():
+                if step + 1 >= cutoff:
+                    set_grounding_scale(self.unet, name, beta=0.0)
+            return callback(pipe, step, timestep, callback_kwargs) if callback is not None else callback_kwargs
+
+        try:
+            yield step_end
+        finally:
+            for name, beta in saved.items():
+                set_grounding_scale(self.unet, name, beta=beta)
+
+
+def _adapter_beta(adapter: Any, grounding_beta: Beta) -> float:
+    """An adapter's fraction of grounded steps: the float, or the largest of its modalities' entries in the dict."""
+    if isinstance(grounding_beta, dict):
+        beta = max(grounding_beta.get(m, t.default_beta) for m, t in adapter.tokenizers.items())
+    else:
+        beta = float(grounding_beta)
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"grounding_beta must lie in [0, 1] (a fraction of the denoising steps), got {beta}")
+    return beta
+
+
+def callback_tensor_inputs(callback: Any, requested: list[str]) -> list[str]:
+    """diffusers' rule: a ``PipelineCallback`` object declares the tensors it needs."""
+    if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+        return callback.tensor_inputs
+    return requested
+
+
+def merged_cross_attention_kwargs(user: dict | None, gligen: dict | None) -> dict | None:
+    """The caller's kwargs plus ``gligen``, without mutating the caller's dict."""
+    if gligen is None:
+        return user
+    return {**(user or {}), "gligen": gligen}
