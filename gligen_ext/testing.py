@@ -158,3 +158,25 @@ def tiny_sd_components(folder: str | os.PathLike, *, seed: int = 0, **unet_overr
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def tiny_sdxl_components(folder: str | os.PathLike, *, seed: int = 0) -> dict:
+    """Everything an SDXL pipeline needs, tiny and offline: two text encoders (32 wide each) and a 64-wide UNet."""
+    from transformers import CLIPTextModelWithProjection
+
+    text_encoder = tiny_text_encoder(seed=seed)
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(
+        text_encoder.config.__class__(**{**text_encoder.config.to_dict(), "projection_dim": 32})
+    ).eval()
+    tokenizer = tiny_tokenizer(folder)
+    return dict(
+        vae=tiny_vae(seed=seed),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=tiny_unet(seed=seed, sdxl=True, cross_attention_dim=64),
+        scheduler=tiny_scheduler(),
+        force_zeros_for_empty_prompt=True,
+    )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import PIL.Image
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
@@ -28,6 +29,8 @@ Beta = float | dict[str, float]
 
 class GroundingPipelineMixin:
     """Adds ``load_grounding_adapter``, ``set_grounding_adapters`` and ``unload_grounding_adapters``."""
+
+    default_guidance_scale = 7.5  # the parent pipeline's own default
 
     def load_grounding_adapter(
         self, path_or_hub_id: str | os.PathLike, adapter_name: str | None = None, weight: float = 1.0, **kwargs: Any
@@ -63,7 +66,35 @@ class GroundingPipelineMixin:
         return GroundingEncoders(encode_phrases=PhraseEncoder(tokenizer, text_encoder), encode_images=encode_images)
 
     def phrase_text_encoder(self) -> tuple[Any, torch.nn.Module]:
+        """The tokenizer and text encoder whose pooled output embeds box phrases."""
         return self.tokenizer, self.text_encoder
+
+    def run_grounded(
+        self, parent_call: Any, prompt: Any, *, layout: Any, grounding_beta: Beta, return_overlay: bool, kwargs: dict
+    ) -> tuple[Any, list[PIL.Image.Image] | None]:
+        """Run the diffusers parent's ``__call__`` with grounding; returns (parent output, overlays or None)."""
+        default_size = self.unet.config.sample_size * self.vae_scale_factor
+        height, width = kwargs.get("height") or default_size, kwargs.get("width") or default_size
+        # the parent's do_classifier_free_guidance reads this before its own __call__ sets it
+        self._guidance_scale = kwargs.get("guidance_scale", self.default_guidance_scale)
+        gligen, layouts = self.grounding_for_call(
+            layout,
+            batch_size=prompt_batch_size(prompt, kwargs.get("prompt_embeds")),
+            num_images_per_prompt=kwargs.get("num_images_per_prompt") or 1,
+            width=width,
+            height=height,
+            cfg=self.do_classifier_free_guidance,
+        )
+        callback = kwargs.pop("callback_on_step_end", None)
+        kwargs["callback_on_step_end_tensor_inputs"] = callback_tensor_inputs(
+            callback, kwargs.get("callback_on_step_end_tensor_inputs", ["latents"])
+        )
+        kwargs["cross_attention_kwargs"] = merged_cross_attention_kwargs(kwargs.get("cross_attention_kwargs"), gligen)
+        kwargs["return_dict"] = True
+        steps = len(kwargs["timesteps"]) if kwargs.get("timesteps") else kwargs.get("num_inference_steps", 50)
+        with self.scheduled_grounding(gligen, grounding_beta, steps, callback) as step_end:
+            output = parent_call(prompt, callback_on_step_end=step_end, **kwargs)
+        return output, overlays_for(output.images, layouts) if return_overlay else None
 
     def grounding_for_call(
         self, layout: Any, *, batch_size: int, num_images_per_prompt: int, width: int, height: int, cfg: bool
@@ -121,6 +152,26 @@ def _adapter_beta(adapter: Any, grounding_beta: Beta) -> float:
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"grounding_beta must lie in [0, 1] (a fraction of the denoising steps), got {beta}")
     return beta
+
+
+def prompt_batch_size(prompt: Any, prompt_embeds: Any) -> int:
+    if isinstance(prompt, str):
+        return 1
+    if isinstance(prompt, list):
+        return len(prompt)
+    if prompt_embeds is None:
+        raise ValueError("give a prompt or prompt_embeds")
+    return prompt_embeds.shape[0]
+
+
+def overlays_for(images: Any, layouts: list[Layout]) -> list[PIL.Image.Image]:
+    """The layout drawn over each generated image."""
+    from ..viz import overlay_layout
+
+    if not images or not isinstance(images[0], PIL.Image.Image):
+        raise ValueError("return_overlay=True needs output_type='pil'")
+    layouts = layouts or [Layout()] * len(images)
+    return [overlay_layout(image, layout) for image, layout in zip(images, layouts)]
 
 
 def callback_tensor_inputs(callback: Any, requested: list[str]) -> list[str]:
