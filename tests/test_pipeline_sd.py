@@ -39,8 +39,7 @@ def generate(pipe, **kwargs):
 
 
 def test_no_layout_and_zero_beta_equal_the_base_pipeline(pipe, tmp_path):
-    base_pipe = StableDiffusionPipeline(**{**pipe.components})
-    base_pipe.unload_lora_weights()
+    base_pipe = StableDiffusionPipeline(**pipe.components)
     adapters = dict(grounding_adapters(pipe.unet))
     reference = generate(pipe)
     assert (generate(pipe, layout=ALL, grounding_beta=0.0) == reference).all()
@@ -123,3 +122,26 @@ def test_save_and_reload_pipeline_then_adapter(pipe, tmp_path, adapter_file):
     reloaded.load_grounding_adapter(adapter_file, adapter_name="multi")
     pipe.load_grounding_adapter(adapter_file, adapter_name="multi")
     assert (generate(reloaded, layout=ALL) == generate(pipe, layout=ALL)).all()
+
+
+def test_style_lora_together_with_grounding_adapter(pipe, tmp_path):
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    donor = tiny_unet()
+    donor.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, param in donor.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(donor))
+
+    grounded = generate(pipe, layout=ALL, grounding_beta=1.0)
+    pipe.load_lora_weights(tmp_path / "lora", adapter_name="style")
+    wrapped = [name for name, module in pipe.unet.named_modules() if hasattr(module, "lora_A")]
+    assert wrapped and not any(".fuser." in name for name in wrapped), "a style LoRA must not wrap gated layers"
+    styled = generate(pipe, layout=ALL, grounding_beta=1.0)
+    assert not (styled == grounded).all()
+    assert not (styled == generate(pipe, layout=ALL, grounding_beta=0.0)).all(), "grounding still acts with a LoRA"
+    pipe.unload_lora_weights()
+    assert (generate(pipe, layout=ALL, grounding_beta=1.0) == grounded).all()
