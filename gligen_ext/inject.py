@@ -68,6 +68,7 @@ class GroundingPositionNet(nn.Module):
         self.adapters = nn.ModuleDict()
         self.hook_handles: list[Any] = []
         self.pending_inputs: dict[str, Any] | None = None
+        self.token_cache: dict[str, tuple] = {}
         self.original_requires_grad: dict[str, bool] = {}
 
     def forward(self, **inputs_by_adapter: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -76,8 +77,21 @@ class GroundingPositionNet(nn.Module):
             adapter = self.adapters[name] if name in self.adapters else None
             # an adapter at scale 0 does no work at all: its fusers find no tokens and return their input
             if adapter is not None and adapter.scale != 0.0 and inputs:
-                tokens[name] = adapter(inputs)
+                tokens[name] = self._cached_tokens(name, adapter, inputs)
         return tokens
+
+    def _cached_tokens(self, name: str, adapter: AdapterTokenizers, inputs: dict) -> torch.Tensor:
+        """Tokens depend only on the inputs and the weights, not on the timestep: a sampler passing the same inputs
+        at every step gets them computed once. Training (gradients on) always recomputes."""
+        if torch.is_grad_enabled():
+            return adapter(inputs)
+        # parameter versions change on any in-place update, so edited weights never hit a stale entry
+        key = (name, id(inputs), tuple(p._version for p in adapter.parameters()))
+        cached = self.token_cache.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, inputs, adapter(inputs))  # holding `inputs` keeps its id from being reused
+            self.token_cache[name] = cached
+        return cached[2]
 
 
 def transformer_blocks(unet: nn.Module) -> list[tuple[str, BasicTransformerBlock]]:
@@ -212,6 +226,7 @@ def remove_grounding_adapter(unet: nn.Module, adapter_name: str) -> None:
     for _, block in transformer_blocks(unet):
         del block.fuser.layers[adapter_name]
     del unet.position_net.adapters[adapter_name]
+    unet.position_net.token_cache.pop(adapter_name, None)
     if not unet.position_net.adapters:
         unload_grounding_adapters(unet)
 

@@ -197,3 +197,15 @@ def test_gradient_checkpointing(unet, unet_inputs, encoders):
     grounding = prepare_grounding(unet, LAYOUT, encoders, batch_size=2, strict=False)
     unet(sample, timestep, context, cross_attention_kwargs={"gligen": grounding}).sample.mean().backward()
     assert all(p.grad is not None for n, p in unet.named_parameters() if n.endswith("alpha_attn"))
+
+
+def test_tokens_computed_once_for_repeated_inputs_and_recomputed_after_edits(unet, unet_inputs, encoders):
+    adapter = add_grounding_adapter(unet, "boxes")
+    open_gates(unet)
+    grounding = prepare_grounding(unet, LAYOUT, encoders, batch_size=2, strict=False)
+    calls = []
+    adapter.register_forward_hook(lambda *_: calls.append(1))
+    first = forward(unet, unet_inputs, grounding)
+    assert torch.equal(forward(unet, unet_inputs, grounding), first) and len(calls) == 1
+    randomize(adapter)
+    assert not torch.equal(forward(unet, unet_inputs, grounding), first) and len(calls) == 2
