@@ -44,6 +44,11 @@ def small_backbone(in_channels: int, *, grid_size: int, resize_input: int) -> nn
     return nn.Sequential(*layers)
 
 
+# backbone name -> builder(in_channels, grid_size=, resize_input=) returning (B, in, R, R) -> (B, 768, grid, grid).
+# GLIGEN's official spatial checkpoints use ConvNeXt-Tiny; registering it here is all that is needed to load them.
+BACKBONES = {"small": small_backbone}
+
+
 class SpatialMapTokenizer(GroundingTokenizer):
     """Shared implementation; each registered preset fixes the map name and its defaults."""
 
@@ -57,15 +62,23 @@ class SpatialMapTokenizer(GroundingTokenizer):
         resize_input: int = 256,
         hidden_dim: int = 512,
         num_classes: int = 152,
+        backbone: str = "small",
     ) -> None:
         super().__init__(
-            dims=dims, grid_size=grid_size, resize_input=resize_input, hidden_dim=hidden_dim, num_classes=num_classes
+            dims=dims,
+            grid_size=grid_size,
+            resize_input=resize_input,
+            hidden_dim=hidden_dim,
+            num_classes=num_classes,
+            backbone=backbone,
         )
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown spatial backbone {backbone!r}; known: {', '.join(BACKBONES)}")
         map_channels = self.map_channels
         if self.modality == "semantic":
             # GLIGEN feeds one-hot labels through a 3x3 conv to 3 channels before the backbone
             self.in_conv = nn.Conv2d(map_channels, 3, 3, padding=1)
-        self.backbone = small_backbone(
+        self.backbone = BACKBONES[backbone](
             3 if self.modality == "semantic" else map_channels, grid_size=grid_size, resize_input=resize_input
         )
         self.pos_embedding = nn.Parameter(torch.empty(1, grid_size**2, FEATURE_DIM).normal_(0.0, 0.02))
