@@ -70,16 +70,20 @@ def quiet_libraries() -> Iterator[None]:
             module.set_verbosity(level)
 
 
-def load_base(base: str, torch_dtype: Any) -> Any:
-    """``GroundedStableDiffusionPipeline.from_pretrained`` with a one-line error for a base it cannot find."""
+def load_base(base: str, torch_dtype: Any, *, kind: str = "base model") -> Any:
+    """``from_pretrained`` (a grounded SD pipeline, or for ``kind="upscaler"`` whatever pipeline the folder names)
+    with a one-line error for a model it cannot find."""
     with quiet_libraries():
+        from diffusers import DiffusionPipeline
+
         from .pipelines import GroundedStableDiffusionPipeline
 
+        loader = DiffusionPipeline if kind == "upscaler" else GroundedStableDiffusionPipeline
         try:
-            return GroundedStableDiffusionPipeline.from_pretrained(base, torch_dtype=torch_dtype)
+            return loader.from_pretrained(base, torch_dtype=torch_dtype)
         except (OSError, ValueError) as error:  # huggingface_hub's errors are OSErrors
             reason = "not a local diffusers folder and not reachable on the Hugging Face hub"
-            raise ValueError(f"cannot load base model '{base}': {error if Path(base).is_dir() else reason}") from error
+            raise ValueError(f"cannot load {kind} '{base}': {error if Path(base).is_dir() else reason}") from error
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -167,6 +171,7 @@ def run_generate(args: argparse.Namespace) -> int:
     for i, path in enumerate(paths):
         pipe.load_grounding_adapter(path, adapter_name=f"adapter{i}" if len(paths) > 1 else None)
     pipe.to(device)
+    upscaler = load_base(args.upscaler, pipe.unet.dtype, kind="upscaler").to(device) if args.upscaler else None
     default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     width, height = args.width or default_size, args.height or default_size
     output = pipe(
@@ -180,6 +185,7 @@ def run_generate(args: argparse.Namespace) -> int:
         width=width,
         height=height,
         generator=torch.Generator().manual_seed(args.seed),
+        upscaler=upscaler,
     )
     if any(output.nsfw_content_detected or []):
         print("gligen-ext: warning: the safety checker flagged the image; it is blacked out", file=sys.stderr)
@@ -237,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--width", type=int, help="image width in pixels (default: the base model's, e.g. 512)")
     gen.add_argument("--height", type=int, help="image height in pixels (default: the base model's, e.g. 512)")
+    gen.add_argument(
+        "--upscaler",
+        help="x4/x2 diffusers upscaler (hub id or folder) run on the result with the same prompt (default: none)",
+    )
     gen.add_argument("--device", choices=("cpu", "cuda"), help="where to run (default: cuda when available, else cpu)")
     gen.add_argument(
         "--dtype", choices=("fp32", "fp16", "bf16"), help="weights' precision (default: fp16 on cuda, fp32 on cpu)"

@@ -180,3 +180,30 @@ def tiny_sdxl_components(folder: str | os.PathLike, *, seed: int = 0) -> dict:
         scheduler=tiny_scheduler(),
         force_zeros_for_empty_prompt=True,
     )
+
+
+def tiny_upscaler(folder: str | os.PathLike, *, seed: int = 0):
+    """A tiny, offline x4 ``StableDiffusionUpscalePipeline`` (its VAE decodes latents at 4x their size)."""
+    from diffusers import DDPMScheduler, StableDiffusionUpscalePipeline
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        **{**tiny_unet_config(), "in_channels": 7, "num_class_embeds": 100, "sample_size": 32}
+    ).eval()
+    vae = AutoencoderKL(
+        block_out_channels=(32, 32, 64),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+    ).eval()
+    return StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=tiny_text_encoder(seed=seed),
+        tokenizer=tiny_tokenizer(folder),
+        unet=unet,
+        low_res_scheduler=DDPMScheduler(),
+        scheduler=tiny_scheduler(),
+        max_noise_level=100,
+    )

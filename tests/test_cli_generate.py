@@ -130,3 +130,15 @@ def test_usage_errors_exit_2_and_python_dash_m_works():
         [sys.executable, "-m", "gligen_ext.cli", "generate", "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "--adapter" in result.stdout
+
+
+def test_upscaler_option(files, tmp_path, capsys):
+    from PIL import Image
+
+    from gligen_ext.testing import tiny_upscaler
+
+    tiny_upscaler(tmp_path / "tok").save_pretrained(tmp_path / "upscaler")
+    out = tmp_path / "up.png"
+    code = generate(files, out, "--upscaler", str(tmp_path / "upscaler"), "--overlay")
+    assert code == 0, capsys.readouterr().err
+    assert Image.open(out).size == (256, 256) and Image.open(tmp_path / "up_overlay.png").height == 256

@@ -145,3 +145,20 @@ def test_style_lora_together_with_grounding_adapter(pipe, tmp_path):
     assert not (styled == generate(pipe, layout=ALL, grounding_beta=0.0)).all(), "grounding still acts with a LoRA"
     pipe.unload_lora_weights()
     assert (generate(pipe, layout=ALL, grounding_beta=1.0) == grounded).all()
+
+
+def test_upscaler_stage_scales_images_and_overlays(pipe, tmp_path):
+    from gligen_ext.testing import tiny_upscaler
+
+    upscaler = tiny_upscaler(tmp_path / "up_tok")
+    upscaler.set_progress_bar_config(disable=True)
+    output = pipe(
+        ["an apple", "a person"],
+        layout=BOXES,
+        num_inference_steps=2,
+        upscaler=upscaler,
+        return_overlay=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert [image.size for image in output.images] == [(256, 256)] * 2
+    assert output.overlays[0].size == (256, 256)

@@ -70,9 +70,22 @@ class GroundingPipelineMixin:
         return self.tokenizer, self.text_encoder
 
     def run_grounded(
-        self, parent_call: Any, prompt: Any, *, layout: Any, grounding_beta: Beta, return_overlay: bool, kwargs: dict
+        self,
+        parent_call: Any,
+        prompt: Any,
+        *,
+        layout: Any,
+        grounding_beta: Beta,
+        return_overlay: bool,
+        kwargs: dict,
+        upscaler: Any = None,
     ) -> tuple[Any, list[PIL.Image.Image] | None]:
-        """Run the diffusers parent's ``__call__`` with grounding; returns (parent output, overlays or None)."""
+        """Run the diffusers parent's ``__call__`` with grounding; returns (parent output, overlays or None).
+
+        ``upscaler``: an optional loaded diffusers upscaler (``StableDiffusionUpscalePipeline`` x4 or
+        ``StableDiffusionLatentUpscalePipeline`` x2) run on the grounded result with the same prompt, Imagen's
+        cascade applied to SD. Overlays are drawn on the upscaled images (layouts are normalised, so they scale).
+        """
         default_size = self.unet.config.sample_size * self.vae_scale_factor
         height, width = kwargs.get("height") or default_size, kwargs.get("width") or default_size
         # the parent's do_classifier_free_guidance reads this before its own __call__ sets it
@@ -94,6 +107,8 @@ class GroundingPipelineMixin:
         steps = len(kwargs["timesteps"]) if kwargs.get("timesteps") else kwargs.get("num_inference_steps", 50)
         with self.scheduled_grounding(gligen, grounding_beta, steps, callback) as step_end:
             output = parent_call(prompt, callback_on_step_end=step_end, **kwargs)
+        if upscaler is not None:
+            output.images = upscale(upscaler, output.images, prompt, kwargs)
         return output, overlays_for(output.images, layouts) if return_overlay else None
 
     def grounding_for_call(
@@ -172,6 +187,21 @@ def overlays_for(images: Any, layouts: list[Layout]) -> list[PIL.Image.Image]:
         raise ValueError("return_overlay=True needs output_type='pil'")
     layouts = layouts or [Layout()] * len(images)
     return [overlay_layout(image, layout) for image, layout in zip(images, layouts)]
+
+
+def upscale(upscaler: Any, images: Any, prompt: Any, kwargs: dict) -> list[PIL.Image.Image]:
+    """Run ``upscaler`` on the generated images, one prompt per image."""
+    if not images or not isinstance(images[0], PIL.Image.Image):
+        raise ValueError("upscaler= needs output_type='pil'")
+    per_prompt = len(images) // (1 if isinstance(prompt, str) or prompt is None else len(prompt))
+    prompts = [prompt] * len(images) if isinstance(prompt, str) else [p for p in prompt for _ in range(per_prompt)]
+    return upscaler(
+        prompt=prompts,
+        image=list(images),
+        num_inference_steps=kwargs.get("num_inference_steps", 50),
+        generator=kwargs.get("generator"),
+        output_type="pil",
+    ).images
 
 
 def callback_tensor_inputs(callback: Any, requested: list[str]) -> list[str]:

@@ -33,6 +33,7 @@ class GroundedStableDiffusionPipeline(GroundingPipelineMixin, StableDiffusionPip
         layout: Any = None,
         grounding_beta: Beta = 0.3,
         return_overlay: bool = False,
+        upscaler: Any = None,
         **kwargs: Any,
     ) -> GroundedPipelineOutput | tuple:
         """diffusers' arguments, plus:
@@ -42,6 +43,7 @@ class GroundedStableDiffusionPipeline(GroundingPipelineMixin, StableDiffusionPip
         grounding_beta: fraction of the steps with grounding on (GLIGEN's scheduled sampling): a float, or a dict
             ``{modality: fraction}`` whose missing modalities take their GLIGEN default.
         return_overlay: also return the layout drawn over each image (``output.overlays``).
+        upscaler: a loaded diffusers upscaler pipeline run on the result with the same prompt (x4 or x2).
         """
         if args:
             raise TypeError("pass pipeline arguments after the prompt by keyword")
@@ -53,6 +55,7 @@ class GroundedStableDiffusionPipeline(GroundingPipelineMixin, StableDiffusionPip
             grounding_beta=grounding_beta,
             return_overlay=return_overlay,
             kwargs=kwargs,
+            upscaler=upscaler,
         )
         result = GroundedPipelineOutput(output.images, output.nsfw_content_detected, overlays)
         return result if return_dict else (result.images, result.nsfw_content_detected)

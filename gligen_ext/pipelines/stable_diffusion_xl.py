@@ -38,6 +38,7 @@ class GroundedStableDiffusionXLPipeline(GroundingPipelineMixin, StableDiffusionX
         layout: Any = None,
         grounding_beta: Beta = 0.3,
         return_overlay: bool = False,
+        upscaler: Any = None,
         **kwargs: Any,
     ) -> GroundedXLPipelineOutput | tuple:
         """diffusers' arguments, plus ``layout``, ``grounding_beta`` and ``return_overlay`` as in
@@ -52,6 +53,7 @@ class GroundedStableDiffusionXLPipeline(GroundingPipelineMixin, StableDiffusionX
             grounding_beta=grounding_beta,
             return_overlay=return_overlay,
             kwargs=kwargs,
+            upscaler=upscaler,
         )
         result = GroundedXLPipelineOutput(output.images, overlays)
         return result if return_dict else (result.images,)
