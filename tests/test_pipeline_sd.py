@@ -5,7 +5,14 @@ import torch
 from conftest import open_gates, randomize
 from diffusers import StableDiffusionPipeline
 
-from gligen_ext import UnhandledModalityError, add_grounding_adapter, grounding_adapters, save_grounding_adapter
+from gligen_ext import (
+    UnhandledModalityError,
+    add_grounding_adapter,
+    available_modalities,
+    get_tokenizer_class,
+    grounding_adapters,
+    save_grounding_adapter,
+)
 from gligen_ext.pipelines import GroundedStableDiffusionPipeline
 from gligen_ext.testing import tiny_sd_components, tiny_unet
 
@@ -162,3 +169,22 @@ def test_upscaler_stage_scales_images_and_overlays(pipe, tmp_path):
     )
     assert [image.size for image in output.images] == [(256, 256)] * 2
     assert output.overlays[0].size == (256, 256)
+
+
+@pytest.mark.parametrize("modality", available_modalities())
+def test_every_registered_modality_through_the_pipeline(modality, tmp_path):
+    from gligen_ext.testing import tiny_reference_image_encoder
+
+    images = tiny_reference_image_encoder()
+    components = tiny_sd_components(tmp_path / "tok")
+    pipe = GroundedStableDiffusionPipeline(
+        **{**components, "image_encoder": images.image_encoder, "feature_extractor": images.image_processor}
+    )
+    pipe.set_progress_bar_config(disable=True)
+    reference = generate(pipe)
+    add_grounding_adapter(pipe.unet, modality)
+    open_gates(pipe.unet)
+    randomize(pipe.unet.position_net)
+    layout = get_tokenizer_class(modality).example_layout()
+    assert (generate(pipe, layout=layout, grounding_beta=0.0) == reference).all()
+    assert not (generate(pipe, layout=layout, grounding_beta=1.0) == reference).all()
