@@ -188,3 +188,9 @@ def test_every_registered_modality_through_the_pipeline(modality, tmp_path):
     layout = get_tokenizer_class(modality).example_layout()
     assert (generate(pipe, layout=layout, grounding_beta=0.0) == reference).all()
     assert not (generate(pipe, layout=layout, grounding_beta=1.0) == reference).all()
+
+
+def test_textual_inversion_with_grounding(pipe):
+    grounded = generate(pipe, prompt="a <toy> apple", layout=BOXES, grounding_beta=1.0)
+    pipe.load_textual_inversion({"<toy>": torch.randn(32, generator=torch.Generator().manual_seed(1))}, token="<toy>")
+    assert not (generate(pipe, prompt="a <toy> apple", layout=BOXES, grounding_beta=1.0) == grounded).all()
