@@ -1,10 +1,11 @@
 """GroundedStableDiffusionXLPipeline on tiny offline components."""
 
+import pytest
 import torch
 from conftest import open_gates, randomize
 from diffusers import StableDiffusionXLPipeline
 
-from gligen_ext import add_grounding_adapter
+from gligen_ext import add_grounding_adapter, available_modalities, get_tokenizer_class
 from gligen_ext.pipelines import GroundedStableDiffusionXLPipeline
 from gligen_ext.testing import tiny_sdxl_components
 
@@ -37,3 +38,32 @@ def test_sdxl_every_modality_composed_and_identity_without_layout(tmp_path):
     grounded = run(pipe, layout=ALL, grounding_beta=1.0, width=64, height=96)
     assert grounded.shape == (1, 96, 64, 3)
     assert not (run(pipe, layout=ALL, grounding_beta=1.0) == reference).all()
+
+
+@pytest.mark.parametrize("modality", available_modalities())
+def test_sdxl_each_modality(modality, tmp_path):
+    from gligen_ext.testing import tiny_reference_image_encoder
+
+    images = tiny_reference_image_encoder()
+    pipe = GroundedStableDiffusionXLPipeline(
+        **tiny_sdxl_components(tmp_path / "tok"),
+        image_encoder=images.image_encoder,
+        feature_extractor=images.image_processor,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    add_grounding_adapter(pipe.unet, modality, positive_len=32)
+    open_gates(pipe.unet)
+    randomize(pipe.unet.position_net)
+    layout = get_tokenizer_class(modality).example_layout()
+
+    def run(beta):
+        return pipe(
+            "x",
+            layout=layout,
+            grounding_beta=beta,
+            num_inference_steps=2,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        ).images
+
+    assert not (run(1.0) == run(0.0)).all()
