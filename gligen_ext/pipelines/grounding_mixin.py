@@ -147,7 +147,8 @@ class GroundingPipelineMixin:
 
         def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
             for name, cutoff in cutoffs.items():
-                if step + 1 >= cutoff:
+                # once per adapter, at its cutoff step (a cutoff of 0 was applied before the first step)
+                if step + 1 == cutoff:
                     set_grounding_scale(self.unet, name, beta=0.0)
             return callback(pipe, step, timestep, callback_kwargs) if callback is not None else callback_kwargs
 
