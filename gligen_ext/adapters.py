@@ -61,8 +61,17 @@ def save_grounding_adapter(
     params = adapter_parameters(unet, adapter_name)
     tensors = {k: p.detach().to("cpu", target_dtype or p.dtype).contiguous() for k, p in params.items()}
     config = adapter_config(unet, adapter_name)
-    config["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     config["base_model"] = base_model
+    return write_adapter_file(tensors, config, path)
+
+
+def write_adapter_file(tensors: dict[str, torch.Tensor], config: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write adapter ``tensors`` (file key -> CPU tensor) with ``config`` as metadata, atomically; returns the path.
+
+    ``config["dtype"]`` is set from the tensors. A crash never leaves a torn file.
+    """
+    path = Path(path)
+    config = {**config, "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch.")}
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
