@@ -38,3 +38,29 @@ def test_annotations_match_pixels(seed):
     drawn = np.abs(scene.image.astype(int) - BACKGROUND).sum(-1) > 30
     assert not (drawn & ~covered).any()
     assert ((scene.depth > 20) == drawn).mean() > 0.97
+
+
+def test_metrics_score_real_scenes_near_perfect_and_blank_images_zero():
+    from gligen_ext.shapes_world.metrics import box_scores, caption_fidelity, depth_iou, keypoint_pck
+
+    scenes = [sample_scene(1000 + i, num_objects=1 + i % 4, max_overlap=0.0, figure_prob=0.5) for i in range(40)]
+    successes = [s["success"] for scene in scenes for s in box_scores(scene.image, scene.layout())]
+    hits, total = np.sum([keypoint_pck(scene.image, scene.layout()) for scene in scenes], axis=0)
+    assert np.mean(successes) > 0.95 and total > 0 and hits / total > 0.95
+    assert np.mean([depth_iou(scene.image, scene.depth) for scene in scenes]) > 0.95
+    assert np.mean([caption_fidelity(scene.image, scene.caption) for scene in scenes]) > 0.95
+
+    blank = np.full_like(scenes[0].image, BACKGROUND)
+    for scene in scenes[:5]:
+        assert not any(s["success"] for s in box_scores(blank, scene.layout()))
+        assert depth_iou(blank, scene.depth) == 0.0 and not caption_fidelity(blank, scene.caption)
+
+
+def test_shape_classifier_tells_each_shape_apart():
+    from gligen_ext.shapes_world.metrics import detect_objects
+    from gligen_ext.shapes_world.scenes import render
+
+    for kind in ("circle", "square", "triangle"):
+        for colour in COLOURS:
+            (found,) = detect_objects(render([Shape(kind, colour, (0.5, 0.5), 0.4, 0.5)]).image)
+            assert (found.shape, found.colour) == (kind, colour)

@@ -136,12 +136,37 @@ def sample_pose(rng: np.random.Generator) -> np.ndarray:
     return np.clip(points, 0.02, 0.98)
 
 
-def sample_items(rng: np.random.Generator, *, max_objects: int = 4, figure_prob: float = 0.3) -> list[Item]:
-    """1..max_objects items, sorted far to near; with ``figure_prob`` one of them is a stick figure."""
-    count = int(rng.integers(1, max_objects + 1))
-    items: list[Item] = [sample_shape(rng) for _ in range(count)]
+def overlap(a: Item, b: Item) -> float:
+    """Intersection of two items' boxes as a fraction of the smaller box."""
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.box, b.box
+    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+    return inter / min((ax1 - ax0) * (ay1 - ay0), (bx1 - bx0) * (by1 - by0))
+
+
+def sample_items(
+    rng: np.random.Generator,
+    *,
+    num_objects: int | None = None,
+    max_objects: int = 4,
+    figure_prob: float = 0.3,
+    max_overlap: float = 1.0,
+) -> list[Item]:
+    """``num_objects`` (default: 1..max_objects at random) items, sorted far to near.
+
+    With ``figure_prob`` the first one is a stick figure. Each new item is redrawn (up to 100 times) until it overlaps
+    no earlier one by more than ``max_overlap`` of the smaller box; evaluation uses a low value so that every object
+    stays visible, training the default so that occlusion is seen.
+    """
+    count = num_objects or int(rng.integers(1, max_objects + 1))
+    items: list[Item] = []
     if rng.random() < figure_prob:
-        items[0] = StickFigure(sample_pose(rng), depth=float(rng.uniform(0.2, 1)))
+        items.append(StickFigure(sample_pose(rng), depth=float(rng.uniform(0.2, 1))))
+    while len(items) < count:
+        for _ in range(100):
+            candidate = sample_shape(rng)
+            if all(overlap(candidate, item) <= max_overlap for item in items):
+                break
+        items.append(candidate)
     return sorted(items, key=lambda item: item.depth)
 
 
@@ -170,7 +195,10 @@ def render(items: list[Item], *, size: int = 64) -> Scene:
     return Scene(items=items, image=image, depth=depth)
 
 
-def sample_scene(seed: int, *, size: int = 64, max_objects: int = 4, figure_prob: float = 0.3) -> Scene:
-    """The scene numbered ``seed``: the same seed gives the same pixels on every machine."""
+def sample_scene(seed: int, *, size: int = 64, **item_options) -> Scene:
+    """The scene numbered ``seed``: the same seed gives the same pixels on every machine.
+
+    ``item_options`` go to :func:`sample_items` (``num_objects``, ``max_objects``, ``figure_prob``, ``max_overlap``).
+    """
     rng = np.random.default_rng(seed)
-    return render(sample_items(rng, max_objects=max_objects, figure_prob=figure_prob), size=size)
+    return render(sample_items(rng, **item_options), size=size)
