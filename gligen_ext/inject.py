@@ -155,6 +155,8 @@ def add_grounding_adapter(
     options = tokenizer_options or {}
     parameter = next(unet.parameters())
     tokenizers = {m: build_tokenizer(m, dims=dims, **options.get(m, {})) for m in modalities}
+    for tokenizer in tokenizers.values():
+        tokenizer.init_from_base(unet.conv_in)
     adapter = AdapterTokenizers(tokenizers).to(parameter.device, parameter.dtype)
     adapter.weight = weight
     position_net.adapters[adapter_name] = adapter
@@ -300,7 +302,7 @@ def _add_conv_in_residuals(
             continue
         for modality, tokenizer in adapter.tokenizers.items():
             if modality in inputs:
-                residual = tokenizer.conv_in_residual(inputs[modality], latent_size=tuple(output.shape[-2:]))
+                residual = tokenizer.conv_in_residual(inputs[modality], latents=args[0], conv_in=conv_in)
                 if residual is not None:
                     output = output + adapter.scale * residual.to(output.dtype)
     return output

@@ -49,12 +49,15 @@ def test_tokenizer_contract(modality, all_encoders):
     assert torch.allclose(tokens[1], null_tokens[1], atol=1e-6)
     assert not torch.allclose(tokens[0], null_tokens[0], atol=1e-4)
 
-    residual = tokenizer.conv_in_residual(inputs, latent_size=(12, 10))
+    latents, conv_in = torch.randn(2, 4, 12, 10), torch.nn.Conv2d(4, DIMS.conv_in_channels, 3, padding=1)
+    residual = tokenizer.conv_in_residual(inputs, latents=latents, conv_in=conv_in)
     if residual is not None:
         assert residual.shape == (2, DIMS.conv_in_channels, 12, 10)
         assert torch.equal(residual[1], torch.zeros_like(residual[1]))
         fresh = build_tokenizer(modality, dims=DIMS)
-        assert torch.equal(fresh.conv_in_residual(inputs, latent_size=(12, 10)), torch.zeros_like(residual))
+        fresh.init_from_base(conv_in)
+        fresh_residual = fresh.conv_in_residual(inputs, latents=latents, conv_in=conv_in)
+        assert torch.equal(fresh_residual, torch.zeros_like(residual))
 
     rebuilt = build_tokenizer(modality, dims=DIMS, **tokenizer.options)
     assert rebuilt.state_dict().keys() == tokenizer.state_dict().keys()

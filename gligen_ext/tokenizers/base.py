@@ -82,10 +82,16 @@ class GroundingTokenizer(nn.Module):
         raise NotImplementedError
 
     def conv_in_residual(
-        self, inputs: dict[str, torch.Tensor], *, latent_size: tuple[int, int]
+        self, inputs: dict[str, torch.Tensor], *, latents: torch.Tensor, conv_in: nn.Conv2d
     ) -> torch.Tensor | None:
-        """Optional residual ``(B, conv_in_channels, h, w)`` added to the UNet's first-conv output."""
+        """Optional residual ``(B, conv_in_channels, h, w)`` added to the UNet's first-conv output.
+
+        ``latents`` (B, C, h, w) is conv_in's input and ``conv_in`` the base layer, for tokenizers that carry a
+        trained copy of its weight."""
         return None
+
+    def init_from_base(self, conv_in: nn.Conv2d) -> None:
+        """Called once when the adapter is injected, for tokenizers whose identity init depends on the base UNet."""
 
     def extra_repr(self) -> str:
         return f"modality={self.modality!r}, tokens={self.num_tokens}, options={self.options}"
