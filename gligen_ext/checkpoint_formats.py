@@ -52,10 +52,11 @@ OFFICIAL_MODALITIES = {
     "normal": "normal",
     "sem": "semantic",
 }
-RESAVE_SNIPPET = (
-    "import torch  # only in a trusted environment: this unpickles arbitrary objects\n"
-    'ckpt = torch.load("checkpoint.pth", map_location="cpu", weights_only=False)\n'
-    'torch.save({k: v for k, v in ckpt["model"].items()}, "model_only.pth")'
+# re-saves an official checkpoint's UNet weights alone; documented in the README as three lines
+RESAVE_LINES = (
+    "import torch",
+    'ckpt = torch.load("checkpoint.pth", map_location="cpu", weights_only=False)',
+    'torch.save({k: v for k, v in ckpt["model"].items()}, "model_only.pth")',
 )
 WEIGHT_NAMES = (
     "diffusion_pytorch_model.safetensors",
@@ -126,9 +127,12 @@ def download_from_hub(text: str) -> Path:
     except ConversionError:
         raise
     except Exception as error:  # offline mode, unknown repo, gated repo, network: all mean "cannot get it"
+        from huggingface_hub import constants
+
+        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else type(error).__name__
         raise ConversionError(
-            f"{text!r} is not a local file or folder and cannot be fetched from the Hugging Face hub "
-            f"({type(error).__name__}); download it and pass the local path"
+            f"{text!r} is not a local file or folder and cannot be fetched from the Hugging Face hub ({reason}); "
+            "download it and pass the local path"
         ) from error
 
 
@@ -144,13 +148,15 @@ def load_state_file(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as error:
         found = re.findall(r"GLOBAL ([\w.]+)", str(error))
         if not found:
-            raise ConversionError(f"{path.name} is not a PyTorch checkpoint ({error})") from error
+            raise ConversionError(
+                f"{path.name} is not a readable PyTorch checkpoint (corrupt, or another format)"
+            ) from error
         raise ConversionError(
-            f"{path.name} holds pickled Python objects (weights_only refused class {found[0]}), and gligen-ext never "
-            "unpickles those because that can run arbitrary code. Official GLIGEN checkpoints store their config "
-            "this way. In a trusted environment, re-save the UNet weights alone:\n"
-            f"{RESAVE_SNIPPET}\n"
-            "and convert model_only.pth (add --modality depth or canny for those checkpoints)"
+            f"{path.name} holds pickled Python objects (weights_only refused class {found[0]}); gligen-ext never "
+            "unpickles those, because unpickling can run arbitrary code. Official GLIGEN checkpoints store their "
+            "config this way. Only if you trust the file, re-save its UNet weights alone with "
+            f"python -c '{'; '.join(RESAVE_LINES)}' "
+            "and convert model_only.pth (add --modality depth or --modality canny for those checkpoints)"
         ) from error
     except Exception as error:  # torch raises RuntimeError, KeyError, EOFError ... for foreign or torn files
         raise ConversionError(

@@ -31,6 +31,18 @@ example (more in inference/examples/README.md):
 """
 
 
+CONVERT_HELP = """\
+sources (details and the known checkpoints: README, "Existing GLIGEN weights"):
+  official GLIGEN checkpoint  torch.save dict with "model" (LDM key names); its config_dict is
+                              OmegaConf, which gligen-ext does not unpickle: re-save "model" alone
+  ComfyUI pruned GLIGEN file  fusers and position_net only, LDM key names
+  diffusers GLIGEN UNet       folder with config.json (or a pipeline folder), weights file, hub id
+
+example:
+  gligen-ext convert masterful/gligen-1-4-generation-text-box --out boxes.safetensors --dtype fp16
+"""
+
+
 def parse_beta(text: str) -> float | dict[str, float]:
     """``0.3``, or ``boxes=0.3,depth=0.7`` for a fraction per modality (GLIGEN's scheduled-sampling beta)."""
     from .tokenizers import available_modalities
@@ -198,6 +210,33 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert GLIGEN weights (official, ComfyUI or diffusers) into a gligen-ext adapter file."""
+    from .convert import convert_checkpoint, save_converted
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out: adapter files are .safetensors, got '{out}'")
+    with quiet_libraries():
+        converted = convert_checkpoint(args.source, modality=args.modality)
+        paths = save_converted(converted, out, dtype=args.dtype)
+    size = paths[0].stat().st_size / 1e6
+    print(f"{converted.describe()} -> {paths[0]} ({size:.1f} MB)")
+    for extra in paths[1:]:
+        print(f"inpainting first conv (a 9-channel base-UNet weight) -> {extra}; load it with load_conv_in_weights")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write a gligen-ext box adapter in ComfyUI's GLIGEN format."""
+    from .adapters import resolve_adapter_path
+    from .convert import export_comfyui
+
+    path = export_comfyui(resolve_adapter_path(args.adapter), args.out)
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB, ComfyUI GLIGEN format: put it in ComfyUI/models/gligen/)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gligen-ext", description="GLIGEN-style grounding adapters for diffusers Stable Diffusion."
@@ -252,6 +291,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", choices=("fp32", "fp16", "bf16"), help="weights' precision (default: fp16 on cuda, fp32 on cpu)"
     )
     gen.set_defaults(handler=run_generate)
+
+    from .tokenizers import available_modalities
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert GLIGEN weights (official, ComfyUI, diffusers) into a gligen-ext adapter file",
+        description="Convert GLIGEN weights into a gligen-ext adapter file. The source format and the modality are "
+        "detected from the keys.",
+        epilog=CONVERT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    convert.add_argument("source", help="checkpoint file (.pth/.ckpt/.bin/.safetensors), diffusers folder or hub id")
+    convert.add_argument("--out", required=True, help="adapter file to write (.safetensors)")
+    convert.add_argument(
+        "--dtype", choices=("fp16", "bf16", "fp32"), help="precision of the file (default: as in the source)"
+    )
+    convert.add_argument(
+        "--modality",
+        choices=available_modalities(),
+        help="override the detected modality (needed for depth and canny checkpoints without their config)",
+    )
+    convert.set_defaults(handler=run_convert)
+
+    export = commands.add_parser("export", help="write a gligen-ext adapter in another program's format")
+    export.add_argument("adapter", help="gligen-ext adapter file (or folder, or hub id)")
+    export.add_argument("--format", required=True, choices=("comfyui",), help="target format")
+    export.add_argument("--out", required=True, help="file to write (.safetensors)")
+    export.set_defaults(handler=run_export)
     return parser
 
 

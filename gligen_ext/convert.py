@@ -93,7 +93,7 @@ def convert_checkpoint(source: str | os.PathLike, *, modality: str | None = None
     unknown = sorted(set(base) - set(unet.state_dict()))
     if unknown:
         raise ConversionError(f"{len(unknown)} keys belong neither to the base UNet nor to GLIGEN: {unknown[:8]}")
-    options, positive_len = tokenizer_options(chosen, position)
+    options, positive_len = tokenizer_options(chosen, position, learned_downsampler=bool(downsampler))
     with torch.device("meta"):
         add_grounding_adapter(unet, chosen, positive_len=positive_len, tokenizer_options={chosen: options})
     renames = POSITION_RENAMES.get(chosen, ())
@@ -152,8 +152,14 @@ def choose_modality(
     return allowed.pop()
 
 
-def tokenizer_options(modality: str, position: dict[str, torch.Tensor]) -> tuple[dict[str, Any], int | None]:
-    """(tokenizer options, positive_len) read from the position net's shapes, so non-default widths load too."""
+def tokenizer_options(
+    modality: str, position: dict[str, torch.Tensor], *, learned_downsampler: bool = True
+) -> tuple[dict[str, Any], int | None]:
+    """(tokenizer options, positive_len) read from the position net's shapes, so non-default widths load too.
+
+    Spatial options are stored in the adapter file, so loading rebuilds GLIGEN's tokenizer: ConvNeXt-T backbone,
+    ``grid_size**2`` tokens from a ``32 * grid_size`` map, and the trained first-conv weight.
+    """
     hidden = {"hidden_dim": position[next(k for k in position if re.fullmatch(r"linears\w*\.0\.weight", k))].shape[0]}
     if modality == "boxes":
         fourier = {"fourier_freqs": position["null_position_feature"].numel() // 8}  # sin, cos x 4 coordinates
@@ -166,7 +172,7 @@ def tokenizer_options(modality: str, position: dict[str, torch.Tensor]) -> tuple
         return hidden | fourier | {"max_persons": position["person_embeddings"].shape[0]}, None
     grid = math.isqrt(position["pos_embedding"].shape[1])
     options = {"backbone": "convnext_tiny", "grid_size": grid, "resize_input": grid * CONVNEXT_STRIDE}
-    options |= hidden | {"first_conv_override": True}
+    options |= hidden | {"first_conv_override": True, "downsampler": "learned" if learned_downsampler else "resize"}
     if modality == "semantic":
         options["num_classes"] = position["in_conv.weight"].shape[1]
     return options, None
