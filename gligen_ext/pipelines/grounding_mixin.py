@@ -58,11 +58,15 @@ class GroundingPipelineMixin:
         unload_grounding_adapters(self.unet)
 
     def grounding_encoders(self) -> GroundingEncoders:
-        """Phrase encoder from the pipeline's (last) text encoder; image encoder when the pipeline has one."""
+        """Phrase encoder from the pipeline's (last) text encoder; image encoder (with the optional
+        ``image_project`` projection) when the pipeline has one."""
         tokenizer, text_encoder = self.phrase_text_encoder()
         image_encoder = getattr(self, "image_encoder", None)
         processor = getattr(self, "feature_extractor", None)
-        encode_images = ReferenceImageEncoder(image_encoder, processor) if image_encoder and processor else None
+        projection = getattr(self, "image_project", None)
+        encode_images = (
+            ReferenceImageEncoder(image_encoder, processor, projection) if image_encoder and processor else None
+        )
         return GroundingEncoders(encode_phrases=PhraseEncoder(tokenizer, text_encoder), encode_images=encode_images)
 
     def phrase_text_encoder(self) -> tuple[Any, torch.nn.Module]:

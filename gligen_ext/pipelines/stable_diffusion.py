@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import PIL.Image
-from diffusers import StableDiffusionPipeline
-from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput, StableDiffusionSafetyChecker
+from diffusers.pipelines.stable_diffusion.clip_image_project_model import CLIPImageProjection
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from .grounding_mixin import Beta, GroundingPipelineMixin
 
@@ -24,7 +27,40 @@ class GroundedStableDiffusionPipeline(GroundingPipelineMixin, StableDiffusionPip
 
     Everything ``StableDiffusionPipeline`` does keeps working (``from_pretrained``, ``from_single_file``, any
     scheduler, LoRA, textual inversion, CPU offload, callbacks). Load adapters with :meth:`load_grounding_adapter`.
+
+    Image-grounded boxes embed their reference images with ``image_encoder`` and ``feature_extractor``; the optional
+    ``image_project`` (diffusers' ``CLIPImageProjection``, GLIGEN's CLIP text projection ``P``, the component of the
+    same name in diffusers' GLIGEN text-image pipelines) maps them into the phrase-embedding space, as GLIGEN's
+    text-image checkpoints expect.
     """
+
+    _optional_components = [*StableDiffusionPipeline._optional_components, "image_project"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        safety_checker: StableDiffusionSafetyChecker | None,
+        feature_extractor: CLIPImageProcessor | None,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
+        requires_safety_checker: bool = True,
+        image_project: CLIPImageProjection | None = None,
+    ) -> None:
+        super().__init__(
+            vae,
+            text_encoder,
+            tokenizer,
+            unet,
+            scheduler,
+            safety_checker,
+            feature_extractor,
+            image_encoder=image_encoder,
+            requires_safety_checker=requires_safety_checker,
+        )
+        self.register_modules(image_project=image_project)
 
     def __call__(
         self,
