@@ -131,7 +131,7 @@ def choose_modality(
             allowed = {"semantic"}
         elif not downsampler:
             allowed = {"hed"}  # HED's downsampler only resizes the map: no parameters
-        elif downsampler["downsample_net.layers.0.weight"].shape[1] == 3:
+        elif getattr(downsampler.get("downsample_net.layers.0.weight"), "shape", (0, 1))[1] == 3:
             allowed = {"normal"}
         else:
             allowed = {"depth", "canny"}  # same shapes, different training maps
@@ -160,21 +160,25 @@ def tokenizer_options(
     Spatial options are stored in the adapter file, so loading rebuilds GLIGEN's tokenizer: ConvNeXt-T backbone,
     ``grid_size**2`` tokens from a ``32 * grid_size`` map, and the trained first-conv weight.
     """
-    hidden = {"hidden_dim": position[next(k for k in position if re.fullmatch(r"linears\w*\.0\.weight", k))].shape[0]}
-    if modality == "boxes":
-        fourier = {"fourier_freqs": position["null_position_feature"].numel() // 8}  # sin, cos x 4 coordinates
-        return hidden | fourier, position["null_positive_feature"].numel()
-    if modality == "image_boxes":
-        fourier = {"fourier_freqs": position["null_position_feature"].numel() // 8}
-        return hidden | fourier, position["null_text_feature"].numel()
+
+    def size(key: str, dim: int, default: int | None) -> int | None:
+        # a missing tensor keeps the default here; check_matches then reports it by name
+        return position[key].shape[dim] if key in position else default
+
+    first_linear = next((k for k in position if re.fullmatch(r"linears\w*\.0\.weight", k)), "")
+    hidden = {"hidden_dim": size(first_linear, 0, 512)}
+    if modality in ("boxes", "image_boxes"):
+        fourier = {"fourier_freqs": size("null_position_feature", 0, 64) // 8}  # sin, cos x 4 coordinates
+        phrase = "null_positive_feature" if modality == "boxes" else "null_text_feature"
+        return hidden | fourier, size(phrase, 0, None)
     if modality == "keypoints":
-        fourier = {"fourier_freqs": position["null_xy_feature"].numel() // 4}  # sin, cos x 2 coordinates
-        return hidden | fourier | {"max_persons": position["person_embeddings"].shape[0]}, None
-    grid = math.isqrt(position["pos_embedding"].shape[1])
+        fourier = {"fourier_freqs": size("null_xy_feature", 0, 32) // 4}  # sin, cos x 2 coordinates
+        return hidden | fourier | {"max_persons": size("person_embeddings", 0, 8)}, None
+    grid = math.isqrt(size("pos_embedding", 1, 64))
     options = {"backbone": "convnext_tiny", "grid_size": grid, "resize_input": grid * CONVNEXT_STRIDE}
     options |= hidden | {"first_conv_override": True, "downsampler": "learned" if learned_downsampler else "resize"}
     if modality == "semantic":
-        options["num_classes"] = position["in_conv.weight"].shape[1]
+        options["num_classes"] = size("in_conv.weight", 1, 152)
     return options, None
 
 
