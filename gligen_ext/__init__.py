@@ -11,6 +11,8 @@ from .adapters import (  # noqa: E402
     save_grounding_adapter,
 )
 from .attention import attention_backends, enable_best_attention, xformers_available  # noqa: E402
+from .checkpoint_formats import ConversionError  # noqa: E402
+from .convert import convert_checkpoint, export_comfyui, load_conv_in_weights, save_converted  # noqa: E402
 from .encoders import PhraseEncoder, ReferenceImageEncoder  # noqa: E402
 from .gated_attention import GatedSelfAttention, GroundingFuser  # noqa: E402
 from .grounding import (  # noqa: E402
@@ -42,6 +44,7 @@ __all__ = [
     "ADAPTER_WEIGHTS_NAME",
     "AdapterFileError",
     "AdapterMismatchError",
+    "ConversionError",
     "GatedSelfAttention",
     "GroundingAdapterError",
     "GroundingDims",
@@ -58,9 +61,12 @@ __all__ = [
     "attention_backends",
     "available_modalities",
     "concat_grounding",
+    "convert_checkpoint",
     "enable_best_attention",
+    "export_comfyui",
     "get_tokenizer_class",
     "grounding_adapters",
+    "load_conv_in_weights",
     "load_grounding_adapter",
     "null_grounding",
     "parse_layout",
@@ -69,6 +75,7 @@ __all__ = [
     "read_adapter_config",
     "register_tokenizer",
     "remove_grounding_adapter",
+    "save_converted",
     "save_grounding_adapter",
     "set_grounding_scale",
     "unload_grounding_adapters",
