@@ -79,8 +79,8 @@ class SourceWeights:
     one. ``grounding_hint``: the official grounding-input name from ``config_dict`` (``"depth"``, ...), if readable.
     """
 
-    kind: str
-    label: str
+    kind: str  # "official", "comfyui" or "diffusers"
+    label: str  # what to call it in messages, e.g. "official GLIGEN checkpoint"
     tensors: dict[str, torch.Tensor]
     unet_config: dict[str, Any] | None = None
     grounding_hint: str | None = None
@@ -124,8 +124,6 @@ def download_from_hub(text: str) -> Path:
                     continue
         # the official gligen/gligen-* repos hold the training checkpoint under this name
         return Path(hf_hub_download(repo_id, "diffusion_pytorch_model.bin"))
-    except ConversionError:
-        raise
     except Exception as error:  # offline mode, unknown repo, gated repo, network: all mean "cannot get it"
         from huggingface_hub import constants
 

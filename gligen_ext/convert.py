@@ -78,9 +78,8 @@ def convert_checkpoint(source: str | os.PathLike, *, modality: str | None = None
         if ".fuser." not in k and not k.startswith(("position_net.", "downsample_net."))
     }
     if not fusers or not position:
-        raise ConversionError(
-            f"{weights.label} has no {'fuser' if not fusers else 'position_net'} weights: not GLIGEN"
-        )
+        missing = "fuser (*.fuser.*)" if not fusers else "position net (position_net.*)"
+        raise ConversionError(f"{source}: no {missing} weights; this is not a GLIGEN checkpoint")
     chosen = choose_modality(position, downsampler, hint=weights.grounding_hint, override=modality)
     first_conv = base.get("conv_in.weight")
     inpainting = first_conv is not None and chosen not in SPATIAL and first_conv.shape[1] != 4
@@ -105,7 +104,7 @@ def convert_checkpoint(source: str | os.PathLike, *, modality: str | None = None
     check_matches(tensors, adapter_parameters(unet, "default"))
     config = adapter_config(unet, "default") | {
         "base_model": None,
-        "converted_from": {"format": weights.kind, "source": Path(str(source)).name, "inpainting": inpainting},
+        "converted_from": {"format": weights.kind, "source": _source_name(source), "inpainting": inpainting},
     }
     conv_in = {"conv_in.weight": first_conv, "conv_in.bias": base["conv_in.bias"]} if inpainting else None
     return ConvertedAdapter(tensors, config, chosen, weights.label, conv_in)
@@ -213,6 +212,11 @@ def check_matches(found: dict[str, torch.Tensor], expected: dict[str, nn.Paramet
             )
 
 
+def _source_name(source: str | os.PathLike) -> str:
+    """A local file's name (not its private path), or the hub id as given."""
+    return Path(source).name if Path(source).exists() else str(source)
+
+
 def _rename(key: str, renames: tuple[tuple[str, str], ...]) -> str:
     for old, new in renames:
         if key.startswith(old):
@@ -227,9 +231,9 @@ def save_converted(
 
     ``dtype``: ``"fp16"``, ``"bf16"``, ``"fp32"`` or a torch dtype; default: as stored in the checkpoint.
     """
-    target = DTYPES[dtype] if isinstance(dtype, str) else dtype
     if isinstance(dtype, str) and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    target = DTYPES[dtype] if isinstance(dtype, str) else dtype
 
     def cast(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", target or v.dtype).contiguous() for k, v in tensors.items()}
@@ -280,11 +284,17 @@ def export_comfyui(adapter_path: str | os.PathLike, out: str | os.PathLike) -> P
     ComfyUI's loader knows only GLIGEN's box-and-phrase position net; other modalities raise ConversionError.
     """
     path = Path(adapter_path)
-    modalities = list(read_adapter_config(path)["modalities"])
+    config = read_adapter_config(path)
+    modalities = list(config["modalities"])
     if modalities != ["boxes"]:
         raise ConversionError(
             f"{path.name} grounds {', '.join(modalities)}; ComfyUI's GLIGEN loader supports only boxes with text "
             "phrases (a single-modality 'boxes' adapter)"
+        )
+    if config.get("converted_from", {}).get("inpainting"):
+        raise ConversionError(
+            f"{path.name} is a GLIGEN inpainting adapter: it needs its 9-channel first conv, which ComfyUI's GLIGEN "
+            "loader does not carry; export a generation (text-box) adapter"
         )
     with safe_open(str(path), framework="pt") as handle:
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}

@@ -16,6 +16,7 @@ from gligen_ext import AdapterMismatchError, adapter_parameters, load_grounding_
 from gligen_ext.checkpoint_formats import ConversionError
 from gligen_ext.cli import main
 from gligen_ext.convert import (
+    choose_modality,
     conv_in_path,
     convert_checkpoint,
     export_comfyui,
@@ -37,6 +38,12 @@ def saved_official(tmp_path, modality, inpainting=False, **edits):
     path = tmp_path / f"{modality}{'_inpaint' if inpainting else ''}.pth"
     torch.save(checkpoint, path)
     return path, checkpoint, expected
+
+
+@pytest.fixture(scope="module")
+def depth_checkpoint(tmp_path_factory):
+    """A saved official depth checkpoint (ConvNeXt-T included, so built once): (path, checkpoint, expected)."""
+    return saved_official(tmp_path_factory.mktemp("depth"), "depth")
 
 
 def plain_unet(gated, **overrides):
@@ -159,10 +166,10 @@ def test_official_box_checkpoint_computes_what_diffusers_gated_unet_computes(tmp
     assert (forward(plain, {"default": {"boxes": inputs}}, channels=channels) - theirs).abs().max() < 1e-5
 
 
-def test_spatial_first_conv_reproduces_gligens_widened_conv(tmp_path):
+def test_spatial_first_conv_reproduces_gligens_widened_conv(tmp_path, depth_checkpoint):
     """GLIGEN's depth model runs conv([z ; downsampler(map)], W) + b with W [C, 12, 3, 3]; the converted adapter
     gives the same first-conv output from the base conv plus its residual."""
-    path, checkpoint, _ = saved_official(tmp_path, "depth")
+    path, checkpoint, _ = depth_checkpoint
     model = checkpoint["model"]
     unet = UNet2DConditionModel(**SD_LIKE).eval()
     unet.conv_in.bias.data.copy_(model["input_blocks.0.0.bias"])  # GLIGEN keeps SD's bias
@@ -186,14 +193,29 @@ def test_spatial_first_conv_reproduces_gligens_widened_conv(tmp_path):
 
 
 def test_depth_and_canny_need_their_name(tmp_path):
-    path, checkpoint, _ = saved_official(tmp_path, "depth")
-    assert convert_checkpoint(path).modality == "depth"  # from config_dict
+    """Depth and Canny nets have the same keys and shapes: config_dict or --modality names them."""
+    position = {"convnext_tiny_backbone.stages.0.0.gamma": torch.zeros(96), "pos_embedding": torch.zeros(1, 64, 768)}
+    downsampler = {"downsample_net.layers.0.weight": torch.zeros(4, 1, 4, 4)}
+    assert choose_modality(position, downsampler, hint="depth") == "depth"
+    assert choose_modality(position, downsampler, hint="depth", override="canny") == "canny"
+    with pytest.raises(ConversionError, match="--modality depth or --modality canny"):
+        choose_modality(position, downsampler)
+    with pytest.raises(ConversionError, match="--modality says 'keypoints', but the weights are a canny or depth"):
+        choose_modality(position, downsampler, override="keypoints")
+    with pytest.raises(ConversionError, match="config_dict says 'hed', but the weights are a canny or depth"):
+        choose_modality(position, downsampler, hint="hed")
+    assert choose_modality(position, {}) == "hed"
+    wide = {"downsample_net.layers.0.weight": torch.zeros(4, 3, 4, 4)}
+    assert choose_modality(position, wide) == "normal"
+    assert choose_modality(position | {"in_conv.weight": torch.zeros(3, 152, 3, 3)}, downsampler) == "semantic"
+
+
+def test_resaved_model_dict_converts_with_a_named_modality(tmp_path, depth_checkpoint):
+    _, checkpoint, _ = depth_checkpoint
     torch.save(checkpoint["model"], tmp_path / "model_only.pth")  # the re-saved form: UNet tensors alone
     with pytest.raises(ConversionError, match="--modality depth or --modality canny"):
         convert_checkpoint(tmp_path / "model_only.pth")
     assert convert_checkpoint(tmp_path / "model_only.pth", modality="canny").modality == "canny"
-    with pytest.raises(ConversionError, match="--modality says 'keypoints', but the weights are a canny or depth"):
-        convert_checkpoint(tmp_path / "model_only.pth", modality="keypoints")
 
 
 def test_comfyui_export_round_trip(tmp_path):
