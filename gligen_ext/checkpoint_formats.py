@@ -203,6 +203,8 @@ def _read_file(path: Path) -> SourceWeights:
                 f"{path.name}: unknown top-level entries {unknown} next to 'model'; an official GLIGEN checkpoint "
                 f"holds only {sorted(OFFICIAL_IGNORED_ENTRIES | {'model'})}. Re-save the 'model' dict alone"
             )
+        skipped = sorted(set(state) & OFFICIAL_IGNORED_ENTRIES)
+        logger.info("%s: using 'model'; skipping %s (not part of a grounding adapter)", path.name, skipped)
         hint = official_grounding_name(state.get("config_dict"))
         return _from_flat(path, state["model"], grounding_hint=hint, official=True)
     return _from_flat(path, state)
@@ -215,6 +217,8 @@ def _from_flat(
     if not_tensors:
         raise ConversionError(f"{path.name}: entries {not_tensors[:5]} are not tensors; expected a UNet state dict")
     tensors = {k: v for k, v in state.items() if not k.startswith(LDM_IGNORED_PREFIXES)}
+    if len(tensors) < len(state):
+        logger.info("%s: skipping %d VAE, text-encoder and EMA tensors", path.name, len(state) - len(tensors))
     tensors = {k.removeprefix(LDM_PREFIX): v for k, v in tensors.items()}
     if any(k.startswith(LDM_BLOCKS) for k in tensors):
         full = "time_embed.0.weight" in tensors

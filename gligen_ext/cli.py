@@ -213,7 +213,10 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     """Convert GLIGEN weights (official, ComfyUI or diffusers) into a gligen-ext adapter file."""
     from .convert import convert_checkpoint, save_converted
+    from .tokenizers import available_modalities
 
+    if args.modality is not None and args.modality not in available_modalities():
+        raise ValueError(f"--modality: expected one of {', '.join(available_modalities())}, got {args.modality!r}")
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out: adapter files are .safetensors, got '{out}'")
@@ -292,8 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.set_defaults(handler=run_generate)
 
-    from .tokenizers import available_modalities
-
     convert = commands.add_parser(
         "convert",
         help="convert GLIGEN weights (official, ComfyUI, diffusers) into a gligen-ext adapter file",
@@ -309,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument(
         "--modality",
-        choices=available_modalities(),
-        help="override the detected modality (needed for depth and canny checkpoints without their config)",
+        help="override the detected modality, e.g. depth or canny (needed for those two when the checkpoint's "
+        "config is gone)",
     )
     convert.set_defaults(handler=run_convert)
 

@@ -14,6 +14,7 @@ part of the base UNet, not of the adapter, so it is written beside the adapter a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -30,6 +31,8 @@ from .adapters import DTYPES, AdapterMismatchError, adapter_config, read_adapter
 from .checkpoint_formats import ConversionError, ldm_block_prefixes, read_source
 from .inject import adapter_parameters, add_grounding_adapter
 from .unet_layout import template_unet
+
+logger = logging.getLogger(__name__)
 
 SPATIAL = ("depth", "canny", "hed", "normal", "semantic")
 DESCRIPTIONS = {"boxes": "boxes (text)", "image_boxes": "image_boxes (text + image)", "keypoints": "keypoints"}
@@ -92,6 +95,7 @@ def convert_checkpoint(source: str | os.PathLike, *, modality: str | None = None
     unknown = sorted(set(base) - set(unet.state_dict()))
     if unknown:
         raise ConversionError(f"{len(unknown)} keys belong neither to the base UNet nor to GLIGEN: {unknown[:8]}")
+    logger.info("%s: %d base-UNet tensors skipped (they belong to the base model)", weights.label, len(base))
     options, positive_len = tokenizer_options(chosen, position, learned_downsampler=bool(downsampler))
     with torch.device("meta"):
         add_grounding_adapter(unet, chosen, positive_len=positive_len, tokenizer_options={chosen: options})

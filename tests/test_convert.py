@@ -309,6 +309,8 @@ def test_cli_convert_and_export(tmp_path, capsys):
     assert {v.dtype for v in load_file(out).values()} == {torch.float16}
     assert main(["export", str(out), "--format", "comfyui", "--out", str(tmp_path / "comfy.safetensors")]) == 0
     assert "ComfyUI" in capsys.readouterr().out
+    assert main(["convert", str(path), "--out", str(out), "--modality", "dept"]) == 2
+    assert "--modality: expected one of boxes," in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["not a checkpoint", "truncated", "pickled objects"])
