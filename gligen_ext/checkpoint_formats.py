@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
+
+from .adapters import METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +140,15 @@ def load_state_file(path: Path) -> dict[str, Any]:
     """A ``.safetensors`` file or a ``torch.save`` file, loaded without unpickling arbitrary objects."""
     if path.suffix == ".safetensors":
         try:
+            with safe_open(str(path), framework="pt") as handle:
+                if METADATA_KEY in (handle.metadata() or {}):
+                    raise ConversionError(
+                        f"{path.name} is already a gligen-ext adapter; load it with load_grounding_adapter"
+                    )
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as error:
+            if isinstance(error, ConversionError):
+                raise
             raise ConversionError(f"{path.name} is not a readable safetensors file (truncated or corrupt?)") from error
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -196,6 +205,8 @@ def _read_file(path: Path) -> SourceWeights:
     state = load_state_file(path)
     if not isinstance(state, dict):
         raise ConversionError(f"{path.name} holds a {type(state).__name__}, not a dict of tensors")
+    if isinstance(state.get("state_dict"), dict) and "model" not in state:
+        state = state["state_dict"]  # PyTorch Lightning's wrapping of a single-file LDM checkpoint
     if isinstance(state.get("model"), dict):
         unknown = sorted(set(state) - OFFICIAL_IGNORED_ENTRIES - {"model"})
         if unknown:

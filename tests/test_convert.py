@@ -12,7 +12,14 @@ from gligen_checkpoints import SD_LIKE, gated_unet, official_checkpoint, randomi
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from gligen_ext import AdapterMismatchError, adapter_parameters, load_grounding_adapter, read_adapter_config
+from gligen_ext import (
+    AdapterMismatchError,
+    adapter_parameters,
+    add_grounding_adapter,
+    load_grounding_adapter,
+    read_adapter_config,
+    save_grounding_adapter,
+)
 from gligen_ext.checkpoint_formats import ConversionError
 from gligen_ext.cli import main
 from gligen_ext.convert import (
@@ -327,3 +334,11 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys, kind):
     error = capsys.readouterr().err
     assert error.startswith("gligen-ext: error: source.pth") and error.count("\n") == 1
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_gligen_ext_adapter_is_not_converted_again(tmp_path):
+    unet = tiny_unet()
+    add_grounding_adapter(unet, "boxes")
+    adapter = save_grounding_adapter(unet, tmp_path / "boxes.safetensors")
+    with pytest.raises(ConversionError, match="already a gligen-ext adapter; load it with load_grounding_adapter"):
+        convert_checkpoint(adapter)
