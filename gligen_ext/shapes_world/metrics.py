@@ -1,7 +1,7 @@
 """Grounding metrics for shapes-world images, measured with opencv from pixels alone.
 
 Objects are found by colour (each palette colour is one mask, split into connected components) and classified by
-the ideal shape (square, circle, upright triangle) that, fitted to their bounding box, overlaps them best. On top of that:
+the ideal shape (square, circle, upright triangle) that, fitted to their bounding box, overlaps them best. Then:
 
 * boxes: per-object IoU with the requested box and success at IoU >= 0.5 with the right colour and shape, the
   instance success rate of COCO-MIG (Zhou et al. 2024, "MIGC");
