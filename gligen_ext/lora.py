@@ -117,7 +117,9 @@ def parent_identity(unet: nn.Module, adapter_name: str) -> dict[str, Any]:
     """What a LoRA records of its parent: hashes of its structure and of its weights (as float32 values, so the
     dtype they are held in does not matter), its modalities and the file it was loaded from."""
     config = adapter_config(unet, adapter_name)
-    structure = {key: config[key] for key in ("modalities", "dims", "base")}
+    # what the weights' shapes and meaning depend on; not default_beta, an inference setting
+    options = {modality: spec["options"] for modality, spec in config["modalities"].items()}
+    structure = {"modalities": options, "dims": config["dims"], "base": config["base"]}
     weights = hashlib.sha256()
     for key, param in sorted(adapter_parameters(unet, adapter_name).items()):
         weights.update(f"{key}{tuple(param.shape)}".encode())
@@ -174,6 +176,12 @@ def detach_lora(unet: nn.Module, adapter_name: str, *, merge: bool) -> None:
                 wrapper.merge(safe_merge=True, adapter_names=[PEFT_ADAPTER_NAME])
             parent_name, _, child = name.rpartition(".")
             setattr(part.get_submodule(parent_name), child, wrapper.get_base_layer())
+    _forget(unet, adapter_name, attached)
+
+
+def _forget(unet: nn.Module, adapter_name: str, attached: AttachedLora) -> None:
+    """Drop the book-keeping of a LoRA whose layers are gone; the adapter's trainability is as before."""
+    for _, part in adapter_parts(unet, adapter_name):
         if hasattr(part, "peft_config"):
             del part.peft_config
     for hook in attached.hooks:
@@ -192,9 +200,7 @@ def attached_lora(unet: nn.Module, adapter_name: str) -> AttachedLora:
     if adapter.lora is not None and not any(_wrappers(part) for _, part in adapter_parts(unet, adapter_name)):
         # diffusers' unload_lora_weights() strips every peft layer, grounding LoRAs included
         logger.warning("The LoRA of adapter %r was removed from outside gligen-ext.", adapter_name)
-        for hook in adapter.lora.hooks:
-            hook.remove()
-        adapter.lora = None
+        _forget(unet, adapter_name, adapter.lora)
     if adapter.lora is None:
         raise GroundingLoraError(
             f"adapter {adapter_name!r} carries no LoRA; add_adapter_lora() or load_adapter_lora() first"

@@ -202,7 +202,7 @@ def test_files_of_the_other_kind_and_misuse_are_clear_errors(grounded, parent_fi
     assert json.loads(json.dumps(read_lora_config(lora)))["targets"] == ["to_q"]
 
 
-def test_grounding_lora_stays_on_beside_a_style_lora(grounded, tmp_path, unet_inputs, encoders):
+def test_grounding_lora_stays_on_beside_a_style_lora(grounded, tmp_path, unet_inputs, encoders, caplog):
     from diffusers import StableDiffusionPipeline
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -226,3 +226,32 @@ def test_grounding_lora_stays_on_beside_a_style_lora(grounded, tmp_path, unet_in
     unload_adapter_lora(grounded)
     assert not torch.equal(run(grounded, unet_inputs, encoders), styled), "the grounding LoRA was still acting"
     assert any("style" in name for name in detached), "the style LoRA stays loaded"
+
+    add_adapter_lora(grounded, rank=4)
+    grounded.unload_lora()  # diffusers strips every peft layer, the grounding LoRA's too
+    with caplog.at_level(logging.WARNING), pytest.raises(GroundingLoraError, match="carries no LoRA"):
+        save_adapter_lora(grounded, tmp_path / "gone.safetensors")
+    assert "removed from outside gligen-ext" in caplog.text
+    assert not any(hasattr(m, "peft_config") for m in grounded.modules() if m is not grounded)
+    save_grounding_adapter(grounded, tmp_path / "plain.safetensors")
+
+
+def test_pipeline_loads_and_unloads_a_grounding_lora(grounded, parent_file, tmp_path, unet_inputs, encoders):
+    from gligen_ext.pipelines import GroundedStableDiffusionPipeline
+    from gligen_ext.testing import tiny_sd_components
+
+    tune(grounded, add_adapter_lora(grounded, rank=4), unet_inputs, encoders)
+    lora = save_adapter_lora(grounded, tmp_path)
+    pipe = GroundedStableDiffusionPipeline(**tiny_sd_components(tmp_path / "tokenizer"))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_grounding_adapter(parent_file)
+
+    def generate():
+        options = dict(num_inference_steps=2, guidance_scale=6.0, output_type="np", grounding_beta=1.0)
+        return pipe("a cat and a dog", layout=LAYOUT, generator=torch.Generator().manual_seed(0), **options).images
+
+    plain = generate()
+    assert pipe.load_grounding_lora(lora) == "default"
+    assert not (generate() == plain).all()
+    pipe.unload_grounding_lora()
+    assert (generate() == plain).all()
