@@ -39,7 +39,7 @@ def write_tiny_records(folder: Path, *, count: int = 8, size: int = 40, bad: int
     broken rows (an unreadable image, a box outside the image, ...), saved with ``save_to_disk``."""
     rng = np.random.default_rng(seed)
     rows = []
-    for i in range(count):
+    for i in range(max(count, 1)):
         pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
         depth = np.tile(np.linspace(0, 255, size, dtype=np.uint8), (size, 1))
         layout = {
@@ -52,13 +52,40 @@ def write_tiny_records(folder: Path, *, count: int = 8, size: int = 40, bad: int
         }
         rows.append({"image": Image.fromarray(pixels), "caption": f"picture {i}", "layout": json.dumps(layout),
                      "depth": Image.fromarray(depth)})
+    good, rows = rows[0], rows[:count]
     broken = [
         {"image": {"bytes": b"not an image", "path": None}},
         {"layout": json.dumps({"units": "normalized", "boxes": [{"box": [0.2, 0.2, 1.7, 0.5], "phrase": "x"}]})},
         {"layout": json.dumps({"units": "normalized"})},
     ]
-    for j in range(bad):
-        rows.append(rows[0] | broken[j % len(broken)])
+    rows += [good | broken[j % len(broken)] for j in range(bad)]
     table = datasets.Dataset.from_list(rows, features=record_features(["depth"]))
     table.save_to_disk(str(folder / "records"))
     return folder / "records"
+
+
+def reset_accelerate() -> None:
+    """Forget accelerate's process-wide state, so the next in-process run builds its own ``Accelerator``."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def tiny_overrides(base: Path, records: Path, output_dir: Path, **extra: object) -> list[str]:
+    """CLI overrides that point a config at tiny components and records, with a few short steps."""
+    values = {
+        "model.pretrained": base, "model.vae": "none", "data.train": records, "data.resolution": 32,
+        "data.num_workers": 0, "train.output_dir": output_dir, "train.max_steps": 2, "train.batch_size": 2,
+        "train.gradient_accumulation_steps": 1, "train.mixed_precision": "no", "train.checkpoint_every": 2,
+        "log.every": 1, "log.sample_every": 0,
+    } | {key.replace("__", "."): value for key, value in extra.items()}
+    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+
+
+def logged_losses(records: list) -> list[float]:
+    """The losses of the ``step N ... loss X`` console lines."""
+    import re
+
+    found = (re.search(r"\bstep \d+ epoch .*loss (\S+)", r.getMessage()) for r in records)
+    return [float(m.group(1)) for m in found if m]

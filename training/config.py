@@ -174,6 +174,16 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def flat_config(config: Config) -> dict[str, int | float | str | bool]:
+    """``{"train.lr": 5e-05, ...}`` with lists, dicts and None as strings: trackers take flat scalar
+    hyper-parameters."""
+    flat = {}
+    for section, values in config_to_dict(config).items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
 def save_config(config: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML; :func:`load_config` reads it back to the same config."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")

@@ -6,12 +6,14 @@ grounding is learnt (gligen.md Sec. 8.1), so the gates and the sample grids are 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from accelerate.logging import get_logger
+from accelerate.utils import gather_object
 from PIL import Image
 from torch import nn
 
@@ -19,7 +21,9 @@ from gligen_ext import GatedSelfAttention
 from gligen_ext.inject import adapter_modules
 from gligen_ext.viz import image_grid
 
-logger = logging.getLogger(__name__)
+from .model import sampling_pipeline
+
+logger = get_logger(__name__, log_level="INFO")  # logs on the main process only
 
 
 @torch.no_grad()
@@ -112,3 +116,54 @@ def save_sample_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return grid
+
+
+def log_step(accelerator: Any, unet: nn.Module, config: Any, progress: Any, loss: float, lr: float, bar: Any) -> None:
+    """Console line (gate mean/min/max), progress-bar postfix and tracker scalars (every layer's gates)."""
+    gates = gate_openings(unet, config.adapter.name)
+    bad = sum(progress.bad_rows.values())
+    logger.info("step %d epoch %d loss %.4f lr %.2e %s bad rows %d", progress.step, progress.epoch, loss, lr,
+                gate_summary(gates), bad)
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.1e}")
+    if bad:
+        logger.info("bad rows skipped so far: %s", ", ".join(f"{k} {v}" for k, v in sorted(progress.bad_rows.items())))
+    accelerator.log(tracker_scalars(loss=loss, lr=lr, gates=gates, bad_rows=progress.bad_rows), step=progress.step)
+
+
+def save_samples(accelerator: Any, parts: Any, config: Any, previews: Sequence[tuple[str, dict]], step: int) -> None:
+    """Main process: write ``samples/step-<N>.png`` (and to TensorBoard); the others wait."""
+    if accelerator.is_main_process:
+        path = Path(config.train.output_dir) / "samples" / f"step-{step:07d}.png"
+        parts.unet.eval()
+        try:
+            grid = save_sample_grid(
+                sampling_pipeline(parts, parts.unet),
+                previews,
+                path=path,
+                resolution=config.data.resolution,
+                steps=config.log.sample_steps,
+                guidance_scale=config.log.guidance_scale,
+                grounding_beta=config.log.sample_grounding_beta,
+                seed=config.train.seed,
+            )
+        finally:
+            parts.unet.train()
+        logger.info("samples saved to %s", path)
+        for tracker in accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+    accelerator.wait_for_everyone()
+
+
+def mean_over_processes(accelerator: Any, value: torch.Tensor) -> float:
+    """The mean of a per-process scalar tensor across processes."""
+    return accelerator.reduce(value.detach().float(), reduction="mean").item()
+
+
+def bad_row_totals(accelerator: Any, counter: Any, resumed: dict[str, int]) -> dict[str, int]:
+    """Bad rows by reason over all processes, plus those counted before the run resumed (all processes call this)."""
+    totals = dict(resumed)
+    for counts in gather_object([dict(counter.counts)]):
+        for reason, n in counts.items():
+            totals[reason] = totals.get(reason, 0) + n
+    return totals

@@ -35,10 +35,10 @@ from .checkpoints import (
     resolve_resume,
     save_checkpoint,
 )
-from .config import Config, config_to_dict, load_config, save_config
+from .config import Config, flat_config, load_config, save_config
 from .data import LayoutExamples, collate_examples, load_records
-from .model import inject_adapter, load_frozen_parts, sampling_pipeline, trainable_parameters
-from .monitor import gate_openings, gate_summary, sample_examples, save_sample_grid, tracker_scalars
+from .model import inject_adapter, load_frozen_parts, trainable_parameters
+from .monitor import bad_row_totals, log_step, mean_over_processes, sample_examples, save_samples
 from .records import BadRowCounter
 from .step import denoising_loss, example_generators
 
@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     # 3. The adapter: gated self-attention in every transformer block + one tokenizer per modality.
     inject_adapter(parts, config.adapter)
+    # what learns is decided in one place; LoRA fine-tuning (--lora-rank) joins the trainable set there
     params = trainable_parameters(parts.unet, config.adapter.name)
     logger.info("training %d adapter parameters (%s)", sum(p.numel() for p in params.values()),
                 ", ".join(config.adapter.modalities))
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / CONFIG_NAME)
-        accelerator.init_trackers(config.log.project, config=_flat(config_to_dict(config)))
+    accelerator.init_trackers(config.log.project, config=flat_config(config))
     previews = sample_examples(config.data.validation or config.data.train, config=config,
                                count=config.log.sample_count) if config.log.sample_every else []
 
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 len(examples), len(loader), train.batch_size, accelerator.num_processes, train.max_steps)
     # bad rows are counted per process since the (re)start; logged totals add those of the resumed checkpoint
     bad_rows, resumed_bad_rows = BadRowCounter(), dict(progress.bad_rows)
-    window_loss, window_batches, saved_at = 0.0, 0, None
+    window_loss, window_batches, saved_at = torch.zeros((), device=accelerator.device), 0, None
     bar = tqdm(total=train.max_steps, initial=progress.step, disable=not accelerator.is_local_main_process)
     unet.train()
     while progress.step < train.max_steps:
@@ -170,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     accelerator.clip_grad_norm_(params.values(), train.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            window_loss, window_batches = window_loss + loss.detach().item(), window_batches + 1
+            window_loss, window_batches = window_loss + loss.detach(), window_batches + 1
             if not accelerator.sync_gradients:
                 continue
             if not accelerator.optimizer_step_was_skipped:  # an fp16 overflow skips the step; keep the schedule
@@ -179,14 +180,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
             bar.update(1)
 
             if progress.step % config.log.every == 0 or progress.step == train.max_steps:
-                progress.bad_rows = _bad_row_totals(accelerator, bad_rows, resumed_bad_rows)
-                mean_loss = _mean_over_processes(accelerator, window_loss / window_batches)
-                _log_step(accelerator, parts.unet, config, progress, mean_loss, lr_schedule.get_last_lr()[0], bar)
-                window_loss, window_batches = 0.0, 0
+                progress.bad_rows = bad_row_totals(accelerator, bad_rows, resumed_bad_rows)
+                mean_loss = mean_over_processes(accelerator, window_loss / window_batches)
+                log_step(accelerator, parts.unet, config, progress, mean_loss, lr_schedule.get_last_lr()[0], bar)
+                window_loss, window_batches = torch.zeros_like(window_loss), 0
             if config.log.sample_every and progress.step % config.log.sample_every == 0 and previews:
-                _save_samples(accelerator, parts, config, previews, progress.step)
+                save_samples(accelerator, parts, config, previews, progress.step)
             if progress.step % train.checkpoint_every == 0 or progress.step == train.max_steps:
-                progress.bad_rows = _bad_row_totals(accelerator, bad_rows, resumed_bad_rows)
+                progress.bad_rows = bad_row_totals(accelerator, bad_rows, resumed_bad_rows)
                 save_checkpoint(accelerator, unet=parts.unet, adapter_name=config.adapter.name, progress=progress,
                                 config=config)
                 saved_at = progress.step
@@ -238,66 +239,6 @@ def _batch_loss(parts, unet, batch, config: Config, encoders, progress: Training
         device=device,
     )
     return loss * weight
-
-
-def _log_step(accelerator, unet, config: Config, progress: TrainingProgress, loss: float, lr: float, bar) -> None:
-    gates = gate_openings(unet, config.adapter.name)
-    bad = sum(progress.bad_rows.values())
-    logger.info("step %d epoch %d loss %.4f lr %.2e %s bad rows %d", progress.step, progress.epoch, loss, lr,
-                gate_summary(gates), bad)
-    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.1e}")
-    if bad:
-        logger.info("bad rows skipped so far: %s", ", ".join(f"{k} {v}" for k, v in sorted(progress.bad_rows.items())))
-    accelerator.log(tracker_scalars(loss=loss, lr=lr, gates=gates, bad_rows=progress.bad_rows), step=progress.step)
-
-
-def _save_samples(accelerator, parts, config: Config, previews, step: int) -> None:
-    if accelerator.is_main_process:
-        parts.unet.eval()
-        path = Path(config.train.output_dir) / "samples" / f"step-{step:07d}.png"
-        grid = save_sample_grid(
-            sampling_pipeline(parts, parts.unet),
-            previews,
-            path=path,
-            resolution=config.data.resolution,
-            steps=config.log.sample_steps,
-            guidance_scale=config.log.guidance_scale,
-            grounding_beta=config.log.sample_grounding_beta,
-            seed=config.train.seed,
-        )
-        parts.unet.train()
-        logger.info("samples saved to %s", path)
-        for tracker in accelerator.trackers:
-            if tracker.name == "tensorboard":
-                import numpy as np
-
-                tracker.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
-    accelerator.wait_for_everyone()
-
-
-def _mean_over_processes(accelerator, value: float) -> float:
-    return accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="mean").item()
-
-
-def _bad_row_totals(accelerator, counter: BadRowCounter, resumed: dict[str, int]) -> dict[str, int]:
-    from accelerate.utils import gather_object
-
-    totals = dict(resumed)
-    for counts in gather_object([dict(counter.counts)]):
-        for reason, n in counts.items():
-            totals[reason] = totals.get(reason, 0) + n
-    return totals
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
-    """Nested config -> ``{"train.lr": 5e-05, ...}`` with lists and dicts as strings (trackers take scalars)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key in ("model", "adapter", "data", "train", "log") and not prefix:
-            flat |= _flat(value, f"{key}.")
-        else:
-            flat[prefix + key] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
 
 
 if __name__ == "__main__":
