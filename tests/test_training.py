@@ -156,3 +156,16 @@ def test_a_batch_of_only_bad_rows_steps_at_weight_zero(tiny, tmp_path):
     assert progress["step"] == 1 and sum(progress["bad_rows"].values()) == 3
     gates = {k: v for k, v in load_file(adapter_file).items() if k.endswith(("alpha_attn", "alpha_dense"))}
     assert gates and all(float(v) == 0.0 for v in gates.values())
+
+
+def test_bf16_mixed_precision_keeps_adapter_and_optimizer_state_in_fp32(tiny, tmp_path, caplog):
+    overrides = tiny_overrides(tiny.sd, tiny.records, tmp_path, train__mixed_precision="bf16",
+                               train__gradient_checkpointing="true", adapter__modalities="boxes,depth",
+                               log__sample_every=2, log__sample_count=1, log__sample_steps=1)
+    with caplog.at_level(logging.INFO):
+        adapter_file = main(["--config", str(CONFIGS / "tiny.yaml"), *overrides])
+    assert all(math.isfinite(loss) for loss in logged_losses(caplog.records))
+    assert {t.dtype for t in load_file(adapter_file).values()} == {torch.float32}
+    optimizer_state = torch.load(tmp_path / "checkpoint-2" / "optimizer.bin", weights_only=True)["state"]
+    assert {t.dtype for s in optimizer_state.values() for k, t in s.items() if k != "step"} == {torch.float32}
+    assert (tmp_path / "samples" / "step-0000002.png").is_file()

@@ -135,17 +135,19 @@ def save_samples(accelerator: Any, parts: Any, config: Any, previews: Sequence[t
     if accelerator.is_main_process:
         path = Path(config.train.output_dir) / "samples" / f"step-{step:07d}.png"
         parts.unet.eval()
+        # frozen weights may be half precision while the adapter is fp32: autocast reconciles them, as in training
         try:
-            grid = save_sample_grid(
-                sampling_pipeline(parts, parts.unet),
-                previews,
-                path=path,
-                resolution=config.data.resolution,
-                steps=config.log.sample_steps,
-                guidance_scale=config.log.guidance_scale,
-                grounding_beta=config.log.sample_grounding_beta,
-                seed=config.train.seed,
-            )
+            with accelerator.autocast():
+                grid = save_sample_grid(
+                    sampling_pipeline(parts, parts.unet),
+                    previews,
+                    path=path,
+                    resolution=config.data.resolution,
+                    steps=config.log.sample_steps,
+                    guidance_scale=config.log.guidance_scale,
+                    grounding_beta=config.log.sample_grounding_beta,
+                    seed=config.train.seed,
+                )
         finally:
             parts.unet.train()
         logger.info("samples saved to %s", path)
