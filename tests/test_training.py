@@ -169,3 +169,18 @@ def test_bf16_mixed_precision_keeps_adapter_and_optimizer_state_in_fp32(tiny, tm
     optimizer_state = torch.load(tmp_path / "checkpoint-2" / "optimizer.bin", weights_only=True)["state"]
     assert {t.dtype for s in optimizer_state.values() for k, t in s.items() if k != "step"} == {torch.float32}
     assert (tmp_path / "samples" / "step-0000002.png").is_file()
+
+
+def test_gradient_accumulation_equals_the_same_global_batch_in_one_step(tiny, tmp_path):
+    def run(name, batch_size, accumulation):
+        overrides = tiny_overrides(tiny.sd, tiny.records, tmp_path / name, train__max_steps=3,
+                                   train__batch_size=batch_size, train__gradient_accumulation_steps=accumulation,
+                                   train__checkpoint_every=100, adapter__modalities="boxes,keypoints")
+        try:
+            return load_file(main(["--config", str(CONFIGS / "tiny.yaml"), *overrides]))
+        finally:
+            reset_accelerate()
+
+    whole, accumulated = run("whole", 4, 1), run("accumulated", 2, 2)
+    torch.testing.assert_close(accumulated, whole, rtol=1e-5, atol=1e-6)
+    assert any(float(v) != 0.0 for k, v in whole.items() if k.endswith("alpha_attn"))

@@ -50,12 +50,11 @@ class CheckpointError(ValueError):
 @dataclass
 class TrainingProgress:
     """Where a run is: ``step`` optimizer steps done; in ``epoch``, ``batches_in_epoch`` batches (per process)
-    already consumed; ``micro_steps`` batches consumed in all (it seeds each example's random draws)."""
+    already consumed."""
 
     step: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0
-    micro_steps: int = 0
     bad_rows: dict[str, int] = field(default_factory=dict)
 
 

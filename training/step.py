@@ -1,8 +1,9 @@
 """One training step's maths: condition dropout, grounding inputs and the denoising loss.
 
 Every random draw of an example (caption drop, grounding drop, timestep, VAE sample, noise) comes from a generator
-seeded by ``(seed, micro_step, dataset index)``, never from a process-wide RNG. So a run gives the same numbers
-whichever process handles an example, with any number of processes, and after a resume.
+seeded by ``(seed, epoch, dataset index)``, never from a process-wide RNG. An example is met once per epoch, so a run
+gives the same numbers whichever process handles it, with any number of processes or accumulation steps, and after
+a resume.
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ class UnsupportedPredictionError(ValueError):
     """The noise scheduler predicts something this loss does not handle."""
 
 
-def example_generators(seed: int, micro_step: int, indices: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per example, seeded from ``(seed, micro_step, index)`` (numpy's SeedSequence mixes them)."""
+# the augmentation draws from SeedSequence([seed, epoch, index]); a fourth word gives these draws their own stream
+DIFFUSION_STREAM = 1
+
+
+def example_generators(seed: int, epoch: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per example, seeded from ``(seed, epoch, index)`` (numpy's SeedSequence mixes them)."""
     generators = []
     for index in indices:
-        state = np.random.SeedSequence([seed, micro_step, int(index)]).generate_state(2, dtype=np.uint32)
+        entropy = [seed, epoch, int(index), DIFFUSION_STREAM]
+        state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
         generators.append(torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1])))
     return generators
 

@@ -161,7 +161,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
         batches = skip_first_batches(loader, progress.batches_in_epoch) if progress.batches_in_epoch else loader
         for batch in batches:
             progress.batches_in_epoch += 1
-            progress.micro_steps += 1
             for reason in batch["bad_rows"]:
                 bad_rows.add(reason)
             with accelerator.accumulate(unet):
@@ -225,7 +224,7 @@ def _batch_loss(parts, unet, batch, config: Config, encoders, progress: Training
         batch = {"indices": torch.zeros(1, dtype=torch.long), "pixel_values": torch.zeros(1, 3, size, size),
                  "captions": [""], "layouts": [{}], "bad_rows": []}
         weight = 0.0
-    generators = example_generators(config.train.seed, progress.micro_steps, batch["indices"].tolist())
+    generators = example_generators(config.train.seed, progress.epoch, batch["indices"].tolist())
     loss = denoising_loss(
         parts,
         unet,
