@@ -185,3 +185,36 @@ def test_streaming_examples_match_map_style_and_resume(tmp_path):
     assert [e["caption"] for e in again] == [e["caption"] for e in tail] and len(head) + len(tail) == 6
     assert all(torch.equal(a["pixel_values"], b["pixel_values"]) and a["index"] == b["index"]
                for a, b in zip(again, tail))
+
+
+def test_workers_and_processes_do_not_change_examples(tmp_path):
+    rows = [{"image": picture(seed=i), "caption": f"c{i}"} for i in range(6)]
+    rows[2]["layout"] = "[]"
+    records = make_records(rows)
+    records.save_to_disk(str(tmp_path / "saved"))
+    examples = LayoutExamples(load_records(tmp_path / "saved"), resolution=16, modalities=["boxes"], seed=2)
+    loader = torch.utils.data.DataLoader(examples, batch_size=3, num_workers=2, collate_fn=collate_examples)
+    batches = list(loader)
+    assert [b["bad_rows"] for b in batches] == [["bad_layout"], []]
+    serial = collate_examples([examples[i] for i in range(6)])
+    assert torch.equal(torch.cat([b["pixel_values"] for b in batches]), serial["pixel_values"])
+
+    seen = []
+    for rank in range(2):  # each rank streams its own part of the rows
+        stream = load_records(tmp_path / "saved", streaming=True)
+        part = StreamingLayoutExamples(stream, resolution=16, modalities=["boxes"], seed=2, rank=rank, world_size=2)
+        loader = torch.utils.data.DataLoader(part, batch_size=2, num_workers=2, collate_fn=collate_examples)
+        seen += [(index, caption) for b in loader for index, caption in zip(b["indices"].tolist(), b["captions"])]
+    indices, captions = zip(*seen)
+    assert sorted(captions) == ["c0", "c1", "c3", "c4", "c5"] and len(set(indices)) == 5
+
+
+def test_streaming_jsonl_records_with_image_paths(tmp_path):
+    lines = []
+    for i in range(3):
+        picture(seed=i).save(tmp_path / f"{i}.png")
+        lines.append({"image": str(tmp_path / f"{i}.png"), "caption": f"c{i}", "layout": box_layout([0, 0, 1, 1])})
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    stream = load_records(tmp_path / "rows.jsonl", streaming=True)
+    items = list(StreamingLayoutExamples(stream, resolution=16, modalities=["boxes"], seed=0, shuffle_buffer=0))
+    assert [e["caption"] for e in items] == ["c0", "c1", "c2"] and items[0]["pixel_values"].shape == (3, 16, 16)
