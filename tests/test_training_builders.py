@@ -1,6 +1,8 @@
 """Record dataset builders: COCO instances/captions and keypoints, folder + JSONL, depth folders, a depth model."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +175,14 @@ def test_cli_reports_a_bad_annotation_file(tmp_path, capsys):
     assert main(["coco-instances", "--annotations", str(tmp_path / "bad.json"), "--images", str(tmp_path),
                  "--out", str(tmp_path / "out")]) == 2
     assert "instances:" in capsys.readouterr().out
+
+
+def test_data_md_example_runs(tmp_path, monkeypatch):
+    text = (Path(__file__).resolve().parents[1] / "training" / "DATA.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "DATA.md", "exec"), scope)
+    batch = scope["batch"]
+    assert batch["pixel_values"].shape == (1, 3, 64, 64) and scope["bad_rows"].total == 0
+    assert len(batch["layouts"][0]["boxes"]) == 1
