@@ -137,9 +137,9 @@ def test_map_under_a_box_stays_under_it_after_crop_resize_flip():
     depth = np.zeros((height, width), np.uint8)
     depth[16:40, 50:80] = 255  # pixels under the box [50/96, 16/64, 80/96, 40/64]
     layout = {"boxes": [{"box": [50 / 96, 16 / 64, 80 / 96, 40 / 64], "phrase": "block"}], "depth": depth}
-    for seed in range(6):
+    for seed, flip_prob in [(s, p) for s in range(3) for p in (0.0, 1.0)]:
         image, out = augment(picture(width, height), layout, resolution=32, rng=np.random.default_rng(seed),
-                             flip_prob=0.5, min_box_area=0.0)
+                             flip_prob=flip_prob, min_box_area=0.0)
         assert image.size == (32, 32) and out["depth"].shape == (32, 32)
         box = np.array(out["boxes"][0]["box"]) * 32
         (x0, y0), (x1, y1) = np.ceil(box[:2]).astype(int), np.floor(box[2:]).astype(int)
@@ -148,6 +148,18 @@ def test_map_under_a_box_stays_under_it_after_crop_resize_flip():
         # resampling blends the pixels that the box edges cut through
         near[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = True
         assert inside.sum() > 20 and out["depth"][inside].min() == 255 and out["depth"][~near].max() == 0
+
+
+def test_flip_mirrors_normal_x_and_keeps_semantic_ids():
+    normal = np.zeros((20, 20, 3), np.uint8)
+    normal[..., 0], normal[..., 2] = 200, 255  # a surface facing right
+    semantic = np.zeros((20, 20), np.uint8)
+    semantic[:, :5] = 7
+    layout = {"normal": normal, "semantic": semantic}
+    _, out = augment(picture(20, 20), layout, resolution=12, rng=np.random.default_rng(0), flip_prob=1.0)
+    assert (out["normal"][..., 0] == 55).all() and (out["normal"][..., 2] == 255).all()
+    assert set(np.unique(out["semantic"])) == {0, 7} and (out["semantic"][:, -2:] == 7).all()
+    assert (out["semantic"][:, :6] == 0).all()
 
 
 def test_small_boxes_dropped_and_largest_kept():

@@ -56,10 +56,10 @@ def _centre_pixels(stored: Any, resolution: int) -> tuple[torch.Tensor, list[int
 @torch.no_grad()
 def cache_latents(records: datasets.Dataset, vae: nn.Module, *, resolution: int, batch_size: int,
                   cache_dir: str | os.PathLike) -> datasets.Dataset:
-    """``records`` plus ``latents`` (C, R/8, R/8) float32, the VAE latent mean of the centre crop at ``resolution``
-    times ``vae.config.scaling_factor``, and ``image_size`` (W, H). Rows whose image cannot be read get None
-    (training reports them as ``unreadable_image``). The table is written under ``cache_dir`` and reused by a later
-    call with the same records, resolution and VAE weights."""
+    """``records`` plus ``latents`` (C, R/8, R/8) float32: the VAE latent mean of the centre crop at ``resolution``,
+    minus ``vae.config.shift_factor`` (if any), times ``vae.config.scaling_factor``; and ``image_size`` (W, H). Rows
+    whose image cannot be read get None (training reports them as ``unreadable_image``). The table is written under
+    ``cache_dir`` and reused by a later call with the same records, resolution and VAE weights."""
     parameter = next(vae.parameters())
     # SD's VAE halves the size in all but its last block (8x); tiny test VAEs have fewer blocks
     side = resolution // 2 ** (len(vae.config.block_out_channels) - 1)
@@ -77,7 +77,8 @@ def cache_latents(records: datasets.Dataset, vae: nn.Module, *, resolution: int,
         latents = iter([])
         if good:
             pixels = torch.stack([pixels for pixels, _ in good]).to(parameter.device, parameter.dtype)
-            mean = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            shift = getattr(vae.config, "shift_factor", None) or 0.0
+            mean = (vae.encode(pixels).latent_dist.mean - shift) * vae.config.scaling_factor
             latents = iter(mean.float().cpu().numpy())
         return {"latents": [None if item is None else next(latents) for item in decoded],
                 "image_size": [None if item is None else item[1] for item in decoded]}
