@@ -137,9 +137,9 @@ def test_map_under_a_box_stays_under_it_after_crop_resize_flip():
     depth = np.zeros((height, width), np.uint8)
     depth[16:40, 50:80] = 255  # pixels under the box [50/96, 16/64, 80/96, 40/64]
     layout = {"boxes": [{"box": [50 / 96, 16 / 64, 80 / 96, 40 / 64], "phrase": "block"}], "depth": depth}
-    for seed in range(6):
+    for seed, flip_prob in [(s, p) for s in range(3) for p in (0.0, 1.0)]:
         image, out = augment(picture(width, height), layout, resolution=32, rng=np.random.default_rng(seed),
-                             flip_prob=0.5, min_box_area=0.0)
+                             flip_prob=flip_prob, min_box_area=0.0)
         assert image.size == (32, 32) and out["depth"].shape == (32, 32)
         box = np.array(out["boxes"][0]["box"]) * 32
         (x0, y0), (x1, y1) = np.ceil(box[:2]).astype(int), np.floor(box[2:]).astype(int)
@@ -148,6 +148,18 @@ def test_map_under_a_box_stays_under_it_after_crop_resize_flip():
         # resampling blends the pixels that the box edges cut through
         near[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = True
         assert inside.sum() > 20 and out["depth"][inside].min() == 255 and out["depth"][~near].max() == 0
+
+
+def test_flip_mirrors_normal_x_and_keeps_semantic_ids():
+    normal = np.zeros((20, 20, 3), np.uint8)
+    normal[..., 0], normal[..., 2] = 200, 255  # a surface facing right
+    semantic = np.zeros((20, 20), np.uint8)
+    semantic[:, :5] = 7
+    layout = {"normal": normal, "semantic": semantic}
+    _, out = augment(picture(20, 20), layout, resolution=12, rng=np.random.default_rng(0), flip_prob=1.0)
+    assert (out["normal"][..., 0] == 55).all() and (out["normal"][..., 2] == 255).all()
+    assert set(np.unique(out["semantic"])) == {0, 7} and (out["semantic"][:, -2:] == 7).all()
+    assert (out["semantic"][:, :6] == 0).all()
 
 
 def test_small_boxes_dropped_and_largest_kept():
@@ -185,3 +197,36 @@ def test_streaming_examples_match_map_style_and_resume(tmp_path):
     assert [e["caption"] for e in again] == [e["caption"] for e in tail] and len(head) + len(tail) == 6
     assert all(torch.equal(a["pixel_values"], b["pixel_values"]) and a["index"] == b["index"]
                for a, b in zip(again, tail))
+
+
+def test_workers_and_processes_do_not_change_examples(tmp_path):
+    rows = [{"image": picture(seed=i), "caption": f"c{i}"} for i in range(6)]
+    rows[2]["layout"] = "[]"
+    records = make_records(rows)
+    records.save_to_disk(str(tmp_path / "saved"))
+    examples = LayoutExamples(load_records(tmp_path / "saved"), resolution=16, modalities=["boxes"], seed=2)
+    loader = torch.utils.data.DataLoader(examples, batch_size=3, num_workers=2, collate_fn=collate_examples)
+    batches = list(loader)
+    assert [b["bad_rows"] for b in batches] == [["bad_layout"], []]
+    serial = collate_examples([examples[i] for i in range(6)])
+    assert torch.equal(torch.cat([b["pixel_values"] for b in batches]), serial["pixel_values"])
+
+    seen = []
+    for rank in range(2):  # each rank streams its own part of the rows
+        stream = load_records(tmp_path / "saved", streaming=True)
+        part = StreamingLayoutExamples(stream, resolution=16, modalities=["boxes"], seed=2, rank=rank, world_size=2)
+        loader = torch.utils.data.DataLoader(part, batch_size=2, num_workers=2, collate_fn=collate_examples)
+        seen += [(index, caption) for b in loader for index, caption in zip(b["indices"].tolist(), b["captions"])]
+    indices, captions = zip(*seen)
+    assert sorted(captions) == ["c0", "c1", "c3", "c4", "c5"] and len(set(indices)) == 5
+
+
+def test_streaming_jsonl_records_with_image_paths(tmp_path):
+    lines = []
+    for i in range(3):
+        picture(seed=i).save(tmp_path / f"{i}.png")
+        lines.append({"image": str(tmp_path / f"{i}.png"), "caption": f"c{i}", "layout": box_layout([0, 0, 1, 1])})
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    stream = load_records(tmp_path / "rows.jsonl", streaming=True)
+    items = list(StreamingLayoutExamples(stream, resolution=16, modalities=["boxes"], seed=0, shuffle_buffer=0))
+    assert [e["caption"] for e in items] == ["c0", "c1", "c2"] and items[0]["pixel_values"].shape == (3, 16, 16)

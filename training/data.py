@@ -22,7 +22,7 @@ from .records import IMAGE_COLUMNS, BadRow, check_modalities, decode_layout, dec
 
 _DATA_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 _SAVED_MARKERS = ("state.json", "dataset_dict.json")
-VAE_SCALE = 8  # pixels per latent cell in every Stable Diffusion VAE
+VAE_SCALE = 8  # pixels per latent cell of Stable Diffusion's VAE: resolutions must be multiples of it
 
 
 def load_records(source: str | os.PathLike, *, split: str = "train",
@@ -50,9 +50,9 @@ def load_records(source: str | os.PathLike, *, split: str = "train",
     return datasets.load_dataset(str(source), split=split, streaming=streaming)
 
 
-def _undecoded(records: datasets.Dataset | datasets.IterableDataset) -> Any:
-    """Images are decoded per example by :func:`decode_record`, where a broken file becomes a bad row and not a
-    crash inside ``datasets``."""
+def undecoded_images(records: datasets.Dataset | datasets.IterableDataset) -> Any:
+    """``records`` with its image and map columns left as stored bytes: :func:`decode_record` decodes them per
+    example, where a broken file becomes a bad row and not a crash inside ``datasets``."""
     features = records.features or {}
     for column in IMAGE_COLUMNS:
         if isinstance(features.get(column), datasets.Image) and features[column].decode:
@@ -85,12 +85,9 @@ class _ExampleBuilder:
         return {"index": index, "pixel_values": pixels, "caption": caption, "layout": layout}
 
     def _from_latents(self, record: dict[str, Any], index: int, rng: np.random.Generator) -> dict[str, Any]:
-        if record["latents"] is None:
+        if record.get("image_size") is None:  # numpy formatting turns a missing latent into NaNs, so ask the size
             raise BadRow("unreadable_image", "image: the latent cache could not read this row's image")
         latents = torch.as_tensor(np.asarray(record["latents"], dtype=np.float32))
-        if latents.shape[-1] * VAE_SCALE != self.resolution:
-            raise ValueError(f"resolution: latents were cached for {latents.shape[-1] * VAE_SCALE}px images, not "
-                             f"{self.resolution}; cache them again or train at that resolution")
         width, height = record["image_size"]
         layout = decode_layout(record, image_size=(width, height), modalities=self.modalities)
         # the cache holds the centre crop, so only the flip stays random
@@ -114,7 +111,7 @@ class LayoutExamples(torch.utils.data.Dataset):
         self.build = _ExampleBuilder(resolution=resolution, modalities=modalities, seed=seed, max_boxes=max_boxes,
                                      max_persons=max_persons, min_box_area=min_box_area, flip_prob=flip_prob,
                                      random_crop=random_crop)
-        records = _undecoded(records)
+        records = undecoded_images(records)
         if "latents" in records.column_names:  # the pixels are already encoded; skip reading them
             records = records.remove_columns("image").with_format("numpy", columns=["latents"],
                                                                   output_all_columns=True)
@@ -150,7 +147,7 @@ class StreamingLayoutExamples(torch.utils.data.IterableDataset):
                                      random_crop=random_crop)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank: {rank} must lie in [0, world_size = {world_size})")
-        stream = _undecoded(records)
+        stream = undecoded_images(records)
         if "latents" in (stream.column_names or []):
             stream = stream.remove_columns("image")
         if world_size > 1:
