@@ -184,3 +184,25 @@ def test_gradient_accumulation_equals_the_same_global_batch_in_one_step(tiny, tm
     whole, accumulated = run("whole", 4, 1), run("accumulated", 2, 2)
     torch.testing.assert_close(accumulated, whole, rtol=1e-5, atol=1e-6)
     assert any(float(v) != 0.0 for k, v in whole.items() if k.endswith("alpha_attn"))
+
+
+def test_cached_latents_and_phrase_embeddings_train_and_are_reused(tmp_path, tiny, caplog):
+    base = write_tiny_base(tmp_path / "sd8", vae_scale_8=True)
+    cache = tmp_path / "cache"
+
+    def run(name):
+        overrides = tiny_overrides(base, tiny.records, tmp_path / name, data__cache_dir=cache,
+                                   data__cache_latents="true", adapter__modalities="boxes,keypoints")
+        try:
+            return load_file(main(["--config", str(CONFIGS / "tiny.yaml"), *overrides]))
+        finally:
+            reset_accelerate()
+
+    with caplog.at_level(logging.INFO):
+        first = run("first")
+    assert all(math.isfinite(loss) for loss in logged_losses(caplog.records))
+    made = sorted(p.name for p in cache.iterdir())
+    assert any(name.startswith("latents-") for name in made) and any(name.startswith("phrase-") for name in made)
+    second = run("second")  # reads the same caches back
+    assert sorted(p.name for p in cache.iterdir()) == made
+    assert all(torch.equal(first[key], second[key]) for key in first)

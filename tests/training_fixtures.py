@@ -16,14 +16,20 @@ from training.records import record_features
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def write_tiny_base(folder: Path, *, sdxl: bool = False) -> Path:
-    """Save tiny SD (or SDXL) components as a diffusers folder, the way a real base model is stored."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+def write_tiny_base(folder: Path, *, sdxl: bool = False, vae_scale_8: bool = False) -> Path:
+    """Save tiny SD (or SDXL) components as a diffusers folder, the way a real base model is stored. With
+    ``vae_scale_8`` the VAE downsamples 8x like SD's (the latent cache assumes it)."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if sdxl:
         pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(folder / "tokenizer-src"))
     else:
         pipe = StableDiffusionPipeline(**tiny_sd_components(folder / "tokenizer-src"))
+    if vae_scale_8:
+        pipe.register_modules(vae=AutoencoderKL(
+            block_out_channels=(32, 32, 32, 32), latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+        ).eval())
     pipe.save_pretrained(folder / "base")
     return folder / "base"
 

@@ -60,6 +60,10 @@ class DataConfig:
     max_boxes: int = 30
     max_persons: int = 8
     num_workers: int = 2
+    # encode once, train many epochs (training/caching.py): phrase embeddings are cached here when set
+    cache_dir: str | None = None
+    # also cache VAE latents of the centre crops (faster, but no random crops); needs cache_dir
+    cache_latents: bool = False
 
 
 @dataclass
@@ -227,6 +231,8 @@ def check_config(config: Config) -> None:
     if config.train.lr_scheduler not in schedules:
         raise ConfigError(f"train.lr_scheduler: unknown schedule {config.train.lr_scheduler!r}"
                           f"{suggest(config.train.lr_scheduler, schedules)}; known: {', '.join(schedules)}")
+    if config.data.cache_latents and not config.data.cache_dir:
+        raise ConfigError("data.cache_latents: needs data.cache_dir, the folder the cache is written to")
     if not config.data.train:
         raise ConfigError("data.train: give the training records (a save_to_disk folder, parquet/jsonl, or a name)")
 

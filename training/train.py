@@ -24,7 +24,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
 
-from gligen_ext import ADAPTER_WEIGHTS_NAME, enable_best_attention, save_grounding_adapter
+from gligen_ext import ADAPTER_WEIGHTS_NAME, GroundingEncoders, enable_best_attention, save_grounding_adapter
 
 from .checkpoints import (
     CONFIG_NAME,
@@ -96,11 +96,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
             module.to(accelerator.device, **({} if dtype == torch.float32 else {"dtype": dtype}))
     cast_training_params(parts.unet, dtype=torch.float32)
     logger.info("attention backend: %s", enable_best_attention(parts.unet))
-    encoders = _grounding_encoders(parts)
 
     # 4. Data: map-style examples; accelerate shards each global batch across processes.
+    records = load_records(config.data.train, split=config.data.split)
+    encoders = GroundingEncoders(encode_phrases=parts.phrase_encoder())
+    if config.data.cache_dir:
+        with accelerator.main_process_first():  # the main process fills the caches, the others then reuse them
+            records, encoders = _with_caches(records, parts, config)
     examples = LayoutExamples(
-        load_records(config.data.train, split=config.data.split),
+        records,
         resolution=config.data.resolution,
         modalities=config.adapter.modalities,
         seed=train.seed,
@@ -210,10 +214,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     return final
 
 
-def _grounding_encoders(parts):
-    from gligen_ext import GroundingEncoders
+def _with_caches(records, parts, config: Config):
+    """Records with cached VAE latents (when asked) and a phrase encoder reading cached embeddings."""
+    from .caching import cache_latents, cache_phrase_embeddings
 
-    return GroundingEncoders(encode_phrases=parts.phrase_encoder())
+    if config.data.cache_latents:
+        records = cache_latents(records, parts.vae, resolution=config.data.resolution,
+                                batch_size=config.train.batch_size, cache_dir=config.data.cache_dir)
+    phrases = cache_phrase_embeddings(records, parts.phrase_encoder(), cache_dir=config.data.cache_dir)
+    phrases.fallback = parts.phrase_encoder()  # a phrase the table lacks (e.g. spelt differently) is encoded live
+    return records, GroundingEncoders(encode_phrases=phrases)
 
 
 def _batch_loss(parts, unet, batch, config: Config, encoders, progress: TrainingProgress, device) -> torch.Tensor:
