@@ -109,6 +109,18 @@ def load_adapter_lora(
     return name
 
 
+def copy_adapter_lora_weights(unet: nn.Module, path: str | os.PathLike, *, adapter_name: str = "default") -> None:
+    """Copy a LoRA file's factors, in place, into the LoRA already attached to ``adapter_name`` (same settings).
+
+    Unlike :func:`load_adapter_lora` the parameter objects stay the same, so an optimizer holding them (a resumed
+    training run) keeps working."""
+    path = Path(path)
+    path = path / LORA_WEIGHTS_NAME if path.is_dir() else path
+    with _open_safetensors(path) as handle:
+        _lora_config(path, handle.metadata())
+        _copy_lora_weights(unet, adapter_name, handle, path)
+
+
 def _lora_config(path: Path, metadata: dict[str, str] | None) -> dict[str, Any]:
     if not metadata or LORA_METADATA_KEY not in metadata:
         is_adapter = bool(metadata) and METADATA_KEY in metadata

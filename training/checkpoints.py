@@ -30,7 +30,16 @@ from accelerate import Accelerator
 from safetensors import safe_open
 from torch import nn
 
-from gligen_ext import ADAPTER_WEIGHTS_NAME, AdapterMismatchError, adapter_parameters, save_grounding_adapter
+from gligen_ext import (
+    ADAPTER_WEIGHTS_NAME,
+    LORA_WEIGHTS_NAME,
+    AdapterMismatchError,
+    adapter_lora_parameters,
+    adapter_parameters,
+    save_adapter_lora,
+    save_grounding_adapter,
+)
+from gligen_ext.lora_files import copy_adapter_lora_weights
 
 from .config import Config, save_config
 
@@ -91,7 +100,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
-        save_grounding_adapter(unet, staging, adapter_name=adapter_name)
+        save_trained_weights(unet, staging, adapter_name=adapter_name)
         (staging / PROGRESS_NAME).write_text(json.dumps(asdict(progress), indent=1))
         save_config(config, staging / CONFIG_NAME)
     accelerator.wait_for_everyone()
@@ -107,12 +116,22 @@ def save_checkpoint(
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path, *, unet: nn.Module, adapter_name: str) -> TrainingProgress:
-    """Restore adapter weights, optimizer, LR schedule, RNG states and the data position from ``path``."""
-    copy_adapter_weights(unet, path / ADAPTER_WEIGHTS_NAME, adapter_name=adapter_name)
+    """Restore adapter (or LoRA) weights, optimizer, LR schedule, RNG states and the data position from ``path``."""
+    if adapter_lora_parameters(unet, adapter_name):
+        copy_adapter_lora_weights(unet, path / LORA_WEIGHTS_NAME, adapter_name=adapter_name)
+    else:
+        copy_adapter_weights(unet, path / ADAPTER_WEIGHTS_NAME, adapter_name=adapter_name)
     accelerator.load_state(str(path))
     progress = TrainingProgress(**json.loads((path / PROGRESS_NAME).read_text()))
     logger.info("resumed from %s (step %d, epoch %d)", path, progress.step, progress.epoch)
     return progress
+
+
+def save_trained_weights(unet: nn.Module, folder: Path, *, adapter_name: str, base_model: str | None = None) -> Path:
+    """Write what this run trains into ``folder``: the adapter file, or for a LoRA fine-tune only the LoRA file."""
+    if adapter_lora_parameters(unet, adapter_name):
+        return save_adapter_lora(unet, folder, adapter_name=adapter_name)
+    return save_grounding_adapter(unet, folder, adapter_name=adapter_name, base_model=base_model)
 
 
 def copy_adapter_weights(unet: nn.Module, path: str | os.PathLike, *, adapter_name: str) -> None:

@@ -44,6 +44,10 @@ class AdapterConfig:
     tokenizer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     # start from the weights of an adapter file (a second stage, a fine-tune) instead of the identity init
     init_from: str | None = None
+    # fine-tune init_from's adapter through low-rank deltas (peft LoRA) on its gated layers instead: the run writes a
+    # small grounding_lora.safetensors that loads on top of that adapter (gligen_ext.load_adapter_lora) or merges in
+    lora_rank: int | None = None
+    lora_alpha: float | None = None  # None: alpha = rank (scale 1)
 
 
 @dataclass
@@ -198,6 +202,10 @@ def check_config(config: Config) -> None:
     from gligen_ext.tokenizers import available_modalities, get_tokenizer_class
 
     modalities = config.adapter.modalities
+    if config.adapter.lora_rank is not None and not config.adapter.init_from:
+        raise ConfigError("adapter.lora_rank: LoRA fine-tunes an existing adapter; give its file as adapter.init_from")
+    if config.adapter.lora_rank is not None and config.adapter.lora_rank < 1:
+        raise ConfigError(f"adapter.lora_rank: a positive integer, got {config.adapter.lora_rank}")
     if not modalities or len(set(modalities)) != len(modalities):
         raise ConfigError(f"adapter.modalities: a non-empty list without repeats, got {modalities}")
     for modality in modalities:

@@ -11,7 +11,13 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
-from gligen_ext import PhraseEncoder, adapter_parameters, add_grounding_adapter
+from gligen_ext import (
+    PhraseEncoder,
+    adapter_lora_parameters,
+    adapter_parameters,
+    add_adapter_lora,
+    add_grounding_adapter,
+)
 from gligen_ext.inject import AdapterTokenizers
 
 from .config import AdapterConfig, ModelConfig
@@ -91,6 +97,10 @@ def inject_adapter(parts: FrozenParts, config: AdapterConfig) -> AdapterTokenize
 
         copy_adapter_weights(parts.unet, config.init_from, adapter_name=config.name)
         logger.info("adapter initialised from %s", config.init_from)
+    if config.lora_rank:
+        add_adapter_lora(parts.unet, config.name, rank=config.lora_rank, alpha=config.lora_alpha)
+        logger.info("LoRA rank %d on the gated layers of %s; the adapter itself stays frozen", config.lora_rank,
+                    config.init_from)
     return adapter
 
 
@@ -101,7 +111,11 @@ def trainable_parameters(unet: nn.Module, adapter_name: str) -> dict[str, nn.Par
     they are applied to the UNet. ``add_grounding_adapter`` froze the base; a base parameter that is trainable anyway
     (e.g. unfrozen by other code) is an error rather than a silent full fine-tune.
     """
-    params = adapter_parameters(unet, adapter_name)
+    lora_ids = {id(p) for p in adapter_lora_parameters(unet, adapter_name)}
+    if lora_ids:  # a LoRA fine-tune: only the low-rank factors learn
+        params = {name: p for name, p in unet.named_parameters() if id(p) in lora_ids}
+    else:
+        params = adapter_parameters(unet, adapter_name)
     adapter_ids = {id(p) for p in params.values()}
     stray = [name for name, p in unet.named_parameters() if p.requires_grad and id(p) not in adapter_ids]
     if stray:

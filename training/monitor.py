@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from gligen_ext import GatedSelfAttention
-from gligen_ext.inject import adapter_modules
+from gligen_ext.inject import adapter_parts
 from gligen_ext.viz import image_grid
 
 from .model import sampling_pipeline
@@ -31,7 +31,7 @@ def gate_openings(unet: nn.Module, adapter_name: str) -> dict[str, tuple[float, 
     """Block path -> (tanh(alpha_attn), tanh(alpha_dense)) for every gated layer of the adapter."""
     return {
         path.removesuffix(".fuser"): (float(module.alpha_attn.tanh()), float(module.alpha_dense.tanh()))
-        for path, module in adapter_modules(unet, adapter_name)
+        for path, module in adapter_parts(unet, adapter_name)
         if isinstance(module, GatedSelfAttention)
     }
 

@@ -24,7 +24,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
 
-from gligen_ext import ADAPTER_WEIGHTS_NAME, GroundingEncoders, enable_best_attention, save_grounding_adapter
+from gligen_ext import ADAPTER_WEIGHTS_NAME, LORA_WEIGHTS_NAME, GroundingEncoders, enable_best_attention
 
 from .checkpoints import (
     CONFIG_NAME,
@@ -34,6 +34,7 @@ from .checkpoints import (
     register_adapter_only_hooks,
     resolve_resume,
     save_checkpoint,
+    save_trained_weights,
 )
 from .config import Config, flat_config, load_config, save_config
 from .data import LayoutExamples, collate_examples, load_records
@@ -52,7 +53,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str | None]:
                                      allow_abbrev=False)
     parser.add_argument("--config", required=True, help="YAML file in configs/")
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint-<step> folder")
+    parser.add_argument("--lora-rank", type=int, default=None,
+                        help="fine-tune adapter.init_from through LoRA of this rank (same as --adapter.lora_rank)")
     args, overrides = parser.parse_known_args(argv)
+    if args.lora_rank is not None:
+        overrides = [*overrides, "--adapter.lora_rank", str(args.lora_rank)]
     return load_config(args.config, overrides), args.resume
 
 
@@ -205,10 +210,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if saved_at != progress.step:
         save_checkpoint(accelerator, unet=parts.unet, adapter_name=config.adapter.name, progress=progress,
                         config=config)
-    final = out / ADAPTER_WEIGHTS_NAME
+    final = out / (LORA_WEIGHTS_NAME if config.adapter.lora_rank else ADAPTER_WEIGHTS_NAME)
     if accelerator.is_main_process:
-        save_grounding_adapter(parts.unet, final, adapter_name=config.adapter.name, base_model=config.model.pretrained)
-        logger.info("adapter saved to %s", final)
+        save_trained_weights(parts.unet, out, adapter_name=config.adapter.name, base_model=config.model.pretrained)
+        logger.info("%s saved to %s", "LoRA" if config.adapter.lora_rank else "adapter", final)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
