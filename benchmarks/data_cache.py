@@ -86,6 +86,9 @@ def measure(shape: str, *, images: int, resolution: int | None, batch_size: int)
         def vae_latents(batch: dict) -> torch.Tensor:
             return vae.encode(batch["pixel_values"]).latent_dist.mean * vae.config.scaling_factor
 
+        with torch.no_grad():  # first calls set up kernels; keep that out of both timings
+            vae.encode(torch.zeros(1, 3, resolution, resolution))
+            encoder(["warm-up"])
         direct = epoch_seconds(LayoutExamples(records, **options), batch_size, vae_latents, encoder)
         reading = epoch_seconds(LayoutExamples(records, **options), batch_size, lambda b: None, lambda p: None)
         start = time.perf_counter()

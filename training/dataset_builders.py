@@ -155,7 +155,8 @@ def build_records(rows: Iterable[dict[str, Any]], *, out: str | os.PathLike,
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.dataset_builders", description=__doc__.split("\n")[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())
+    parser = argparse.ArgumentParser(prog="python -m training.dataset_builders", description=summary)
     commands = parser.add_subparsers(dest="command", required=True)
     coco = {"coco-instances": "COCO instances (boxes) + captions", "coco-keypoints": "COCO person keypoints"}
     for name, help_text in coco.items():
