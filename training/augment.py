@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from gligen_ext.layout import COCO_FLIP_PAIRS, MAP_CHANNELS
+from gligen_ext.layout import COCO_FLIP_PAIRS, MAP_CHANNELS, layout_field_owner
 
 # a left/right swap of COCO joints: index i of the flipped person reads joint _FLIP_ORDER[i] of the original
 _FLIP_ORDER = np.arange(17)
@@ -113,6 +113,12 @@ def transform_layout(layout: dict[str, Any], plan: CropFlip, *, image_size: tupl
     for name in MAP_CHANNELS:
         if layout.get(name) is not None:
             out[name] = _crop_map(np.asarray(layout[name]), name, plan, resolution)
+    width, height = image_size
+    window = (plan.left / width, plan.top / height, (plan.left + plan.side) / width, (plan.top + plan.side) / height)
+    for key, value in layout.items():
+        owner = layout_field_owner(key)
+        if owner is not None and value:  # a modality's own layout field moves through its own transform
+            out[key] = owner.transform_layout_field(value, crop=window, flip=plan.flip)
     return out
 
 

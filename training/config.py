@@ -214,12 +214,13 @@ def check_config(config: Config) -> None:
                 f"adapter.modalities: unknown modality {modality!r}{suggest(modality, available_modalities())}; "
                 f"known: {', '.join(available_modalities())}"
             )
-    from .records import RECORD_MODALITIES
+    from .records import RECORD_MODALITIES, layout_field_modalities
 
-    unserved = [m for m in modalities if m not in RECORD_MODALITIES]
+    served = [*RECORD_MODALITIES, *layout_field_modalities()]
+    unserved = [m for m in modalities if m not in served]
     if unserved:
         raise ConfigError(f"adapter.modalities: training records carry no {', '.join(unserved)}; "
-                          f"train one of {', '.join(RECORD_MODALITIES)}")
+                          f"train one of {', '.join(served)}")
     for modality, options in config.adapter.tokenizer_options.items():
         if modality not in modalities:
             raise ConfigError(

@@ -82,14 +82,24 @@ class BadRowCounter:
         return f"{self.total} bad rows skipped: {parts}"
 
 
+def layout_field_modalities() -> dict[str, str]:
+    """Registered modalities that bring their own layout field (``layout_key``), e.g. ``{"points": "points"}``:
+    records carry them in the layout JSON like boxes, so a new modality needs no edit here."""
+    from gligen_ext.tokenizers import available_modalities, get_tokenizer_class
+
+    keys = {m: get_tokenizer_class(m).layout_key for m in available_modalities()}
+    return {modality: key for modality, key in keys.items() if key is not None}
+
+
 def check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
     """Return ``modalities`` as a tuple after checking each is one the record format can serve."""
     if isinstance(modalities, str):
         modalities = (modalities,)
-    unknown = [m for m in modalities if m not in RECORD_MODALITIES]
+    served = [*RECORD_MODALITIES, *layout_field_modalities()]
+    unknown = [m for m in modalities if m not in served]
     if unknown or not modalities:
         raise ValueError(f"modalities: {unknown or 'none given'} not served by training records; "
-                         f"choose from {list(RECORD_MODALITIES)}")
+                         f"choose from {served}")
     return tuple(modalities)
 
 
@@ -178,6 +188,9 @@ def decode_layout(record: Mapping[str, Any], *, image_size: tuple[int, int],
         persons = [p.points for p in parsed.keypoints if (p.points[:, 2] > 0).any()]
         if persons:
             layout["keypoints"] = [{"points": p.tolist()} for p in persons]
+    for modality, key in layout_field_modalities().items():
+        if modality in modalities and parsed.extras.get(key):
+            layout[key] = parsed.extras[key]
     for name in (m for m in modalities if m in MAP_COLUMNS):
         if record.get(name) is None:
             continue
