@@ -21,6 +21,7 @@ from . import __version__
 from .inject import (
     GroundingAdapterError,
     adapter_parameters,
+    adapter_parts,
     add_grounding_adapter,
     grounding_adapters,
     remove_grounding_adapter,
@@ -29,6 +30,7 @@ from .inject import (
 
 ADAPTER_WEIGHTS_NAME = "grounding_adapter.safetensors"
 METADATA_KEY = "gligen_ext_config"
+LORA_METADATA_KEY = "gligen_ext_lora"  # the metadata key of grounding-LoRA files (gligen_ext.lora)
 FORMAT_VERSION = 1
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -59,24 +61,34 @@ def save_grounding_adapter(
         path = path / ADAPTER_WEIGHTS_NAME
     target_dtype = _resolve_dtype(dtype)
     params = adapter_parameters(unet, adapter_name)
+    if any(hasattr(m, "base_layer") for _, part in adapter_parts(unet, adapter_name) for m in part.modules()):
+        raise GroundingAdapterError(
+            f"adapter {adapter_name!r} carries a LoRA: merge_adapter_lora() folds it in before saving the adapter, "
+            "save_adapter_lora() saves the LoRA on its own, unload_adapter_lora() drops it"
+        )
     tensors = {k: p.detach().to("cpu", target_dtype or p.dtype).contiguous() for k, p in params.items()}
     config = adapter_config(unet, adapter_name)
+    config["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     config["base_model"] = base_model
-    return write_adapter_file(tensors, config, path)
+    return write_safetensors(path, tensors, {METADATA_KEY: json.dumps(config)})
 
 
 def write_adapter_file(tensors: dict[str, torch.Tensor], config: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write adapter ``tensors`` (file key -> CPU tensor) with ``config`` as metadata, atomically; returns the path.
+    """Write adapter ``tensors`` (file key -> CPU tensor) with ``config`` as their metadata, atomically.
 
-    ``config["dtype"]`` is set from the tensors. A crash never leaves a torn file.
+    ``config["dtype"]`` is set from the tensors. For adapters built without a live UNet (``gligen_ext.convert``).
     """
-    path = Path(path)
     config = {**config, "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch.")}
+    return write_safetensors(Path(path), tensors, {METADATA_KEY: json.dumps(config)})
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write ``tensors`` with ``metadata`` to ``path`` atomically: a crash never leaves a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        save_file(tensors, temporary, metadata={"format": "pt", METADATA_KEY: json.dumps(config)})
+        save_file(tensors, temporary, metadata={"format": "pt", **metadata})
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -144,6 +156,7 @@ def load_grounding_adapter(
         except BaseException:
             remove_grounding_adapter(unet, name)
             raise
+    grounding_adapters(unet)[name].source = path.name
     return name
 
 
@@ -220,6 +233,11 @@ def _open_safetensors(path: Path) -> Any:
 
 
 def _config_from_metadata(path: Path, metadata: dict[str, str] | None) -> dict[str, Any]:
+    if metadata and LORA_METADATA_KEY in metadata:
+        raise AdapterFileError(
+            f"{path.name} is a grounding LoRA, not an adapter; load its parent adapter, then the LoRA with "
+            "load_adapter_lora()"
+        )
     if not metadata or METADATA_KEY not in metadata:
         raise AdapterFileError(
             f"{path.name} is a safetensors file without a gligen-ext config; convert GLIGEN weights with "

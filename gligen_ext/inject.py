@@ -14,7 +14,7 @@ UNet; nothing in diffusers is patched. ``tests/test_diffusers_contract.py`` fail
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -37,6 +37,8 @@ class AdapterTokenizers(nn.Module):
         super().__init__()
         self.tokenizers = nn.ModuleDict(tokenizers)
         self.weight, self.beta, self.enabled = 1.0, 1.0, True
+        self.source: str | None = None  # the file it was loaded from, recorded by load_grounding_adapter
+        self.lora: Any = None  # an attached LoRA's settings, kept by gligen_ext.lora
 
     @property
     def scale(self) -> float:
@@ -172,30 +174,42 @@ def add_grounding_adapter(
     return adapter
 
 
-def adapter_modules(unet: nn.Module, adapter_name: str) -> Iterator[tuple[str, nn.Module]]:
-    """(path, module) of every module belonging to ``adapter_name``: its gated layers, then its tokenizers."""
-    _get_adapter(unet, adapter_name)
-    for path, block in transformer_blocks(unet):
-        yield f"{path}.fuser", block.fuser.layers[adapter_name]
-    yield "position_net", unet.position_net.adapters[adapter_name]
+def adapter_parts(unet: nn.Module, adapter_name: str) -> list[tuple[str, nn.Module]]:
+    """(file-key prefix, module) of each part of one adapter: its gated layer in every block, then its tokenizers.
+
+    Prefixes follow diffusers' GLIGEN UNet: ``<block>.fuser`` and ``position_net`` for a single-modality adapter,
+    ``position_net.<modality>`` when an adapter holds several modalities.
+    """
+    adapter = _get_adapter(unet, adapter_name)
+    parts: list[tuple[str, nn.Module]] = [
+        (f"{path}.fuser", block.fuser.layers[adapter_name]) for path, block in transformer_blocks(unet)
+    ]
+    single = len(adapter.tokenizers) == 1
+    parts += [("position_net" if single else f"position_net.{m}", t) for m, t in adapter.tokenizers.items()]
+    return parts
 
 
 def adapter_parameters(unet: nn.Module, adapter_name: str) -> dict[str, nn.Parameter]:
-    """Every parameter of one adapter under its file key.
+    """Every parameter of one adapter under its file key (see :func:`adapter_parts`).
 
-    Keys follow diffusers' GLIGEN UNet: ``<block>.fuser.<param>`` and ``position_net.<param>`` for a single-modality
-    adapter, ``position_net.<modality>.<param>`` when an adapter holds several modalities.
+    A layer wrapped by a LoRA (see :mod:`gligen_ext.lora`) counts as the layer it wraps: its parameters keep their
+    plain keys and the low-rank factors are not the adapter's own, so they are left out.
     """
-    adapter = _get_adapter(unet, adapter_name)
-    single = len(adapter.tokenizers) == 1
-    params: dict[str, nn.Parameter] = {}
-    for path, block in transformer_blocks(unet):
-        for key, value in block.fuser.layers[adapter_name].named_parameters():
-            params[f"{path}.fuser.{key}"] = value
-    for modality, tokenizer in adapter.tokenizers.items():
-        prefix = "position_net" if single else f"position_net.{modality}"
-        for key, value in tokenizer.named_parameters():
-            params[f"{prefix}.{key}"] = value
+    return {
+        f"{prefix}.{key}": param
+        for prefix, module in adapter_parts(unet, adapter_name)
+        for key, param in plain_parameters(module).items()
+    }
+
+
+def plain_parameters(module: nn.Module, prefix: str = "") -> dict[str, nn.Parameter]:
+    """``module``'s parameters under the names they have without LoRA: a peft LoRA wrapper stands for its
+    ``base_layer``, whose parameters keep the wrapped layer's names."""
+    if hasattr(module, "base_layer") and hasattr(module, "get_base_layer"):
+        module = module.get_base_layer()
+    params = {f"{prefix}{name}": param for name, param in module.named_parameters(recurse=False)}
+    for name, child in module.named_children():
+        params |= plain_parameters(child, f"{prefix}{name}.")
     return params
 
 

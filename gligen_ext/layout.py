@@ -2,6 +2,10 @@
 
 Every problem raises :class:`LayoutError` whose message starts with the offending field's path, e.g.
 ``layout.boxes[2].box``, so the bad entry can be found in a long JSON file, and then says how to fix it.
+
+A modality may add its own top-level key: its tokenizer class sets ``layout_key`` and validates the value in
+``parse_layout_field``; :func:`register_layout_field` (called by ``register_tokenizer``) makes this module accept it
+and the parsed value lands in :attr:`Layout.extras`.
 """
 
 from __future__ import annotations
@@ -12,14 +16,25 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence, Sized
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .layout_fields import (
+    FieldContext,
+    LayoutError,
+    as_list,
+    check_keys,
+    parse_box,
+    read_image,
+    real_numbers,
+    unit_coord,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +66,22 @@ COCO_SKELETON: tuple[tuple[int, int], ...] = (
 )
 _UNITS = ("normalized", "pixels")
 _TOP_KEYS = ("boxes", "keypoints", "units", *MAP_CHANNELS)
-_BOX_NAMES = ("x0", "y0", "x1", "y1")
 _TOL = 1e-6
+# top-level key -> the tokenizer class that reads it and validates it (``parse_layout_field``)
+_EXTRA_FIELDS: dict[str, Any] = {}
 
 
-class LayoutError(ValueError):
-    """An invalid layout; the message is ``"<field path>: <problem and the fix>"``."""
+def register_layout_field(key: str, owner: Any) -> None:
+    """Make :func:`parse_layout` accept the top-level ``key``, parsed by ``owner.parse_layout_field(value, context)``
+    into ``Layout.extras[key]`` and reported by :meth:`Layout.modalities` as ``owner.modality``."""
+    if key in _TOP_KEYS or (key in _EXTRA_FIELDS and _EXTRA_FIELDS[key] is not owner):
+        raise ValueError(f"layout key {key!r} is already taken; give {owner.__name__} another layout_key")
+    _EXTRA_FIELDS[key] = owner
+
+
+def layout_field_owner(key: str) -> Any:
+    """The class registered for the extra layout ``key``, or None."""
+    return _EXTRA_FIELDS.get(key)
 
 
 @dataclass(frozen=True)
@@ -95,6 +120,8 @@ class Layout:
     boxes: list[GroundedBox] = field(default_factory=list)
     keypoints: list[PersonKeypoints] = field(default_factory=list)
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    # fields that modalities add, by layout key, as their tokenizer's parse_layout_field returned them
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def phrase_boxes(self) -> list[GroundedBox]:
@@ -107,82 +134,24 @@ class Layout:
         return [b for b in self.boxes if b.image is not None]
 
     def modalities(self) -> set[str]:
-        """Inputs present: ``"boxes"`` (phrase boxes), ``"image_boxes"``, ``"keypoints"`` and the map names."""
+        """Inputs present: ``"boxes"`` (phrase boxes), ``"image_boxes"``, ``"keypoints"``, the map names and the
+        modalities owning the extra fields."""
         present = {"boxes": self.phrase_boxes, "image_boxes": self.image_boxes, "keypoints": self.keypoints}
-        return set(self.maps) | {name for name, items in present.items() if items}
+        extras = {_EXTRA_FIELDS[key].modality if key in _EXTRA_FIELDS else key for key in self.extras}
+        return set(self.maps) | extras | {name for name, items in present.items() if items}
 
     def is_empty(self) -> bool:
         """True when nothing grounds the prompt."""
-        return not (self.boxes or self.keypoints or self.maps)
+        return not (self.boxes or self.keypoints or self.maps or self.extras)
 
 
 LayoutLike = Layout | Mapping[str, Any] | str | os.PathLike | None
 
 
-def _check_keys(entry: Mapping[Any, Any], allowed: Sequence[str], path: str) -> None:
-    for key in entry:
-        if not (isinstance(key, str) and key in allowed):
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise LayoutError(f"{path}: unknown key {key!r}{hint}; allowed keys are {', '.join(map(repr, allowed))}")
-
-
-def _as_list(value: Any, path: str, what: str, n: int | None = None) -> list[Any] | tuple[Any, ...]:
-    # Arrays and tensors are accepted wherever a (nested) list of numbers is.
-    value = value.tolist() if isinstance(value, (np.ndarray, torch.Tensor)) else value
-    if not isinstance(value, (list, tuple)):
-        raise LayoutError(f"{path}: expected a list of {what}, got {type(value).__name__}")
-    if n is not None and len(value) != n:
-        raise LayoutError(f"{path}: expected {n} {what}, got {len(value)}")
-    return value
-
-
-def _numbers(value: Any, n: int, path: str, what: str) -> list[float]:
-    value = _as_list(value, path, f"numbers {what}", n)
-    for i, v in enumerate(value):
-        if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)):
-            kind = "a nested list; give a flat list" if isinstance(v, (list, tuple)) else f"{type(v).__name__} {v!r}"
-            raise LayoutError(f"{path}[{i}]: expected a number of {what}, got {kind}")
-    return [float(v) for v in value]
-
-
-def _unit_coord(raw: float, size: float, path: str, name: str, pixels: bool) -> float:
-    if not math.isfinite(raw):
-        raise LayoutError(f"{path}: {name} is {raw}; coordinates must be finite numbers")
-    if -_TOL <= (value := raw / size) <= 1 + _TOL:
-        return min(max(value, 0.0), 1.0)
-    fix = f"lie in [0, {size:g}] pixels" if pixels else 'lie in [0, 1] (for pixels set "units": "pixels")'
-    raise LayoutError(f"{path}: {name} = {raw:g} is outside the image; coordinates must {fix}")
-
-
-def _parse_box(value: Any, path: str, size: tuple[float, float], pixels: bool) -> tuple[float, float, float, float]:
-    coords = _numbers(value, 4, path, "[x0, y0, x1, y1]")
-    x0, y0, x1, y1 = (_unit_coord(c, s, path, n, pixels) for c, s, n in zip(coords, size * 2, _BOX_NAMES))
-    for low, high, lo, hi in (("x0", "x1", x0, x1), ("y0", "y1", y0, y1)):
-        if hi <= lo:
-            raise LayoutError(f"{path}: {high} ({hi:.2f}) must be greater than {low} ({lo:.2f})")
-    return x0, y0, x1, y1
-
-
-def _read_image(value: str | os.PathLike[str], path: str, base_dir: Path | None) -> Image.Image:
-    file = Path(value).expanduser()
-    if base_dir is not None and not file.is_absolute():  # JSON layouts name files relative to themselves
-        file = base_dir / file
-    if not file.is_file():
-        where = f" (looked for '{file}')" if str(file) != str(value) else ""
-        raise LayoutError(f"{path}: file '{value}' does not exist{where}")
-    try:
-        with Image.open(file) as image:
-            image.load()
-            return image.copy()  # usable after the file handle closes
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise LayoutError(f"{path}: cannot read '{value}' as an image ({exc}); give a PNG or JPEG file") from exc
-
-
 def _parse_box_entry(entry: Any, path: str, size: tuple[float, float], pixels: bool, base: Path | None) -> GroundedBox:
     if not isinstance(entry, Mapping):
         raise LayoutError(f"{path}: expected a dict {{'phrase' or 'image', 'box'}}, got {type(entry).__name__}")
-    _check_keys(entry, ("box", "phrase", "image"), path)
+    check_keys(entry, ("box", "phrase", "image"), path)
     phrase, image = entry.get("phrase"), entry.get("image")
     if phrase is not None and image is not None:
         raise LayoutError(f"{path}: give either 'phrase' or 'image', not both; use two boxes for both")
@@ -190,9 +159,9 @@ def _parse_box_entry(entry: Any, path: str, size: tuple[float, float], pixels: b
         raise LayoutError(f"{path}: needs a 'phrase' (text) or an 'image' (reference picture) to ground the box")
     if entry.get("box") is None:
         raise LayoutError(f"{path}: missing 'box'; add \"box\": [x0, y0, x1, y1]")
-    box = _parse_box(entry["box"], f"{path}.box", size, pixels)
+    box = parse_box(entry["box"], f"{path}.box", size, pixels)
     if image is not None:
-        image = _read_image(image, f"{path}.image", base) if isinstance(image, (str, os.PathLike)) else image
+        image = read_image(image, f"{path}.image", base) if isinstance(image, (str, os.PathLike)) else image
         if not isinstance(image, Image.Image) or 0 in image.size:
             raise LayoutError(f"{path}.image: expected a non-empty PIL image or an image file path, got {image!r}")
         return GroundedBox(box, image=image.convert("RGB"))
@@ -204,15 +173,15 @@ def _parse_box_entry(entry: Any, path: str, size: tuple[float, float], pixels: b
 def _parse_person(entry: Any, path: str, size: tuple[float, float], pixels: bool) -> PersonKeypoints:
     if not isinstance(entry, Mapping) or entry.get("points") is None:
         raise LayoutError(f'{path}: expected a dict {{"points": [[x, y, v], ...]}} with 17 COCO keypoints')
-    _check_keys(entry, ("points",), path)
-    points = _as_list(entry["points"], f"{path}.points", "keypoints in COCO order", len(COCO_KEYPOINTS))
+    check_keys(entry, ("points",), path)
+    points = as_list(entry["points"], f"{path}.points", "keypoints in COCO order", len(COCO_KEYPOINTS))
     out = np.zeros((len(COCO_KEYPOINTS), 3), np.float32)
     for i, point in enumerate(points):
-        x, y, v = _numbers(point, 3, f"{path}.points[{i}]", "[x, y, v]")
+        x, y, v = real_numbers(point, 3, f"{path}.points[{i}]", "[x, y, v]")
         if v not in (0, 1, 2):
             raise LayoutError(f"{path}.points[{i}]: v must be 0 (absent), 1 (occluded) or 2 (visible), got {v:g}")
         if v > 0:  # COCO stores absent points as (0, 0); their coordinates mean nothing, so they stay 0
-            xy = (_unit_coord(c, s, f"{path}.points[{i}]", n, pixels) for c, s, n in zip((x, y), size, "xy"))
+            xy = (unit_coord(c, s, f"{path}.points[{i}]", n, pixels) for c, s, n in zip((x, y), size, "xy"))
             out[i] = (*xy, v)
     out.setflags(write=False)
     return PersonKeypoints(out)
@@ -221,7 +190,7 @@ def _parse_person(entry: Any, path: str, size: tuple[float, float], pixels: bool
 def _parse_map(value: Any, name: str, path: str, base_dir: Path | None) -> torch.Tensor:
     """Turn a map value into float32 (C, H, W): intensities scaled to [0, 1], semantic class ids kept as they are."""
     if isinstance(value, (str, os.PathLike)):
-        value = _read_image(value, path, base_dir)
+        value = read_image(value, path, base_dir)
     if isinstance(value, Image.Image):
         mode = value.mode
         if mode in ("1", "L", "I", "F", "RGB") or mode.startswith("I;16") or (mode == "P" and name == "semantic"):
@@ -298,7 +267,7 @@ def parse_layout(
         return Layout()
     if not isinstance(layout, Mapping):
         raise LayoutError(f"{field_path}: expected a layout dict or a JSON file path, got {type(layout).__name__}")
-    _check_keys(layout, _TOP_KEYS, field_path)
+    check_keys(layout, (*_TOP_KEYS, *_EXTRA_FIELDS), field_path)
     units = "normalized" if layout.get("units") is None else layout["units"]
     if not isinstance(units, str) or units not in _UNITS:
         close = difflib.get_close_matches(str(units), _UNITS, n=1)
@@ -313,11 +282,16 @@ def parse_layout(
         size = (float(width), float(height))
     given = {k: v for k, v in layout.items() if v is not None}  # a None value means the key is absent
     out, path = Layout(), field_path
-    for i, entry in enumerate(_as_list(given.get("boxes", []), f"{path}.boxes", "boxes (wrap a single one in [])")):
+    for i, entry in enumerate(as_list(given.get("boxes", []), f"{path}.boxes", "boxes (wrap a single one in [])")):
         out.boxes.append(_parse_box_entry(entry, f"{path}.boxes[{i}]", size, pixels, base_dir))
-    for i, entry in enumerate(_as_list(given.get("keypoints", []), f"{path}.keypoints", "persons {'points': [...]}")):
+    for i, entry in enumerate(as_list(given.get("keypoints", []), f"{path}.keypoints", "persons {'points': [...]}")):
         out.keypoints.append(_parse_person(entry, f"{path}.keypoints[{i}]", size, pixels))
     out.maps = {k: _parse_map(given[k], k, f"{path}.{k}", base_dir) for k in MAP_CHANNELS if k in given}
+    context = FieldContext(path, size, pixels, base_dir)
+    for key in [k for k in _EXTRA_FIELDS if k in given]:
+        value = _EXTRA_FIELDS[key].parse_layout_field(given[key], replace(context, path=f"{path}.{key}"))
+        if not (isinstance(value, Sized) and len(value) == 0):  # an empty field grounds nothing, like "boxes": []
+            out.extras[key] = value
     return out
 
 

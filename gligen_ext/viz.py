@@ -1,4 +1,5 @@
-"""Draw layouts (boxes, COCO keypoints, dense maps) over images with OpenCV, for previews and debugging outputs.
+"""Draw layouts (boxes, COCO keypoints, dense maps, modality fields) over images with OpenCV, for previews and
+debugging outputs. A layout field that a modality adds is drawn by its tokenizer's ``draw_layout_field``.
 
 Every function takes PIL images, never modifies its inputs and returns a new RGB image. Layout arguments accept a
 :class:`~gligen_ext.layout.Layout` or anything :func:`~gligen_ext.layout.parse_layout` accepts.
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .layout import COCO_SKELETON, Layout, LayoutLike, parse_layout
+from .layout import COCO_SKELETON, Layout, LayoutLike, layout_field_owner, parse_layout
 
 # Saturated hues in an order where neighbours contrast, so the first few boxes are easy to tell apart.
 _PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -110,6 +111,26 @@ def draw_keypoints(
     return Image.fromarray(arr)
 
 
+def draw_points(
+    image: Image.Image,
+    points: Sequence[tuple[tuple[float, float], str]],
+    *,
+    radius: int | None = None,
+    font_scale: float | None = None,
+) -> Image.Image:
+    """Draw each normalised ``(x, y)`` point as a dot ringed in white, with its label, in its own colour."""
+    w, h = image.size
+    radius = max(3, round(min(w, h) / 96)) if radius is None else radius
+    font_scale = _default_font_scale(w, h) if font_scale is None else font_scale
+    arr = _to_array(image)
+    for i, ((x, y), label) in enumerate(points):
+        colour, centre = _PALETTE[i % len(_PALETTE)], (_px(x, w), _px(y, h))
+        cv2.circle(arr, centre, radius, colour, -1, cv2.LINE_AA)
+        cv2.circle(arr, centre, radius, (255, 255, 255), max(1, radius // 3), cv2.LINE_AA)  # visible on any colour
+        _label(arr, label, centre[0] + radius, centre[1] - radius, colour, font_scale)
+    return Image.fromarray(arr)
+
+
 def _class_colours(ids: np.ndarray) -> np.ndarray:
     # A multiplicative hash gives each id the same colour in every map, whatever other ids are present.
     h = (ids.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
@@ -153,9 +174,13 @@ def beside(image: Image.Image, *others: Image.Image, gap: int = 4) -> Image.Imag
 
 
 def overlay_layout(image: Image.Image, layout: Layout | dict, *, show_maps: bool = True) -> Image.Image:
-    """Draw the boxes and keypoints on a copy of ``image``; with ``show_maps``, the layout's maps go beside it."""
+    """Draw the boxes, keypoints and modality fields on a copy of ``image``; with ``show_maps``, the layout's maps go
+    beside it."""
     layout = _as_layout(layout, *image.size)
     drawn = draw_keypoints(draw_boxes(image, layout), layout)
+    for key, value in layout.extras.items():
+        owner = layout_field_owner(key)
+        drawn = owner.draw_layout_field(drawn, value) if owner is not None else drawn
     if not (show_maps and layout.maps):
         return drawn
     h = image.height

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import randomize
 
-from gligen_ext import GroundingDims, GroundingEncoders, available_modalities, parse_layout
+from gligen_ext import GroundingDims, GroundingEncoders, LayoutError, available_modalities, parse_layout
 from gligen_ext.layout import Layout
 from gligen_ext.testing import tiny_reference_image_encoder
 from gligen_ext.tokenizers import build_tokenizer, get_tokenizer_class
@@ -61,6 +61,31 @@ def test_tokenizer_contract(modality, all_encoders):
 
     rebuilt = build_tokenizer(modality, dims=DIMS, **tokenizer.options)
     assert rebuilt.state_dict().keys() == tokenizer.state_dict().keys()
+
+
+@pytest.mark.parametrize("modality", [m for m in available_modalities() if get_tokenizer_class(m).layout_key])
+def test_layout_field_contract(modality):
+    """A modality with its own layout key: parsed into ``Layout.extras``, re-parseable, suggested, movable, drawn."""
+    from gligen_ext.viz import draw_layout
+
+    tokenizer_class = get_tokenizer_class(modality)
+    key, example = tokenizer_class.layout_key, tokenizer_class.example_layout()
+    parsed = parse_layout(example).extras[key]
+    assert modality in parse_layout(example).modalities() and not parse_layout({key: []}).modalities()
+
+    def same(a, b):
+        equal = a == b
+        return bool(equal.all()) if hasattr(equal, "all") else bool(equal)
+
+    assert same(parse_layout({key: parsed}).extras[key], parsed), "a parsed field parses to itself"
+    with pytest.raises(LayoutError, match=f"did you mean {key!r}"):
+        parse_layout({f"{key}x": example[key]})
+    try:
+        unmoved = tokenizer_class.transform_layout_field(example[key], crop=(0.0, 0.0, 1.0, 1.0), flip=False)
+    except NotImplementedError:  # a modality may opt out of crop and flip
+        unmoved = example[key]
+    assert same(parse_layout({key: unmoved}).extras[key], parsed)
+    assert draw_layout(example, width=64, height=48).size == (64, 48)
 
 
 def test_box_tokenizer_keeps_largest_boxes_and_warns(encoders, caplog):

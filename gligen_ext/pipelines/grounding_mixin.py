@@ -22,13 +22,16 @@ from ..encoders import PhraseEncoder, ReferenceImageEncoder
 from ..grounding import concat_grounding, null_grounding, prepare_grounding
 from ..inject import grounding_adapters, set_grounding_scale, unload_grounding_adapters
 from ..layout import Layout, parse_layouts
+from ..lora import unload_adapter_lora
+from ..lora_files import load_adapter_lora
 from ..tokenizers import GroundingEncoders
 
 Beta = float | dict[str, float]
 
 
 class GroundingPipelineMixin:
-    """Adds ``load_grounding_adapter``, ``set_grounding_adapters`` and ``unload_grounding_adapters``."""
+    """Adds ``load_grounding_adapter``, ``load_grounding_lora``, ``set_grounding_adapters`` and
+    ``unload_grounding_adapters``."""
 
     default_guidance_scale = 7.5  # the parent pipeline's own default
 
@@ -37,6 +40,14 @@ class GroundingPipelineMixin:
     ) -> str:
         """Load a gligen-ext adapter file (path, folder or hub id) into ``self.unet``; returns its name."""
         return load_grounding_adapter(self.unet, path_or_hub_id, adapter_name=adapter_name, weight=weight, **kwargs)
+
+    def load_grounding_lora(self, path: str | os.PathLike, adapter_name: str | None = None, **kwargs: Any) -> str:
+        """Load a grounding-LoRA file on top of its parent adapter (load that first); returns the adapter's name."""
+        return load_adapter_lora(self.unet, path, adapter_name=adapter_name, **kwargs)
+
+    def unload_grounding_lora(self, adapter_name: str = "default") -> None:
+        """Remove the LoRA from ``adapter_name``; the adapter is exactly as loaded."""
+        unload_adapter_lora(self.unet, adapter_name)
 
     def set_grounding_adapters(
         self, names: str | Sequence[str], weights: float | Sequence[float] | None = None

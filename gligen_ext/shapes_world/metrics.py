@@ -1,7 +1,7 @@
 """Grounding metrics for shapes-world images, measured with opencv from pixels alone.
 
 Objects are found by colour (each palette colour is one mask, split into connected components) and classified by
-how much of their bounding box they fill (square ~1, circle ~pi/4, triangle ~1/2). On top of that:
+the ideal shape (square, circle, upright triangle) that, fitted to their bounding box, overlaps them best. Then:
 
 * boxes: per-object IoU with the requested box and success at IoU >= 0.5 with the right colour and shape, the
   instance success rate of COCO-MIG (Zhou et al. 2024, "MIGC");
@@ -12,7 +12,6 @@ how much of their bounding box they fill (square ~1, circle ~pi/4, triangle ~1/2
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,10 +42,28 @@ def colour_mask(image: np.ndarray, rgb: Sequence[int], *, tolerance: int = COLOU
     return np.abs(image.astype(np.int32) - np.asarray(rgb, np.int32)).sum(-1) <= tolerance
 
 
-def classify_shape(fill: float) -> str:
-    """Shape from the fraction of its bounding box a blob fills (square 1, circle 0.785, triangle 0.5)."""
-    ideal = {"square": 1.0, "circle": math.pi / 4, "triangle": 0.5}
-    return min(ideal, key=lambda shape: abs(ideal[shape] - fill))
+def shape_templates(width: int, height: int) -> dict[str, np.ndarray]:
+    """(height, width) bool masks of each ideal shape filling a box of that size, as the world draws them."""
+    templates = {}
+    for shape in SHAPES:
+        canvas = np.zeros((height * 4, width * 4), np.uint8)
+        if shape == "square":
+            canvas[:] = 1
+        elif shape == "circle":
+            cv2.ellipse(canvas, (width * 2, height * 2), (width * 2, height * 2), 0, 0, 360, 1, -1)
+        else:
+            cv2.fillPoly(canvas, [np.array([[width * 2, 0], [width * 4, height * 4], [0, height * 4]], np.int32)], 1)
+        templates[shape] = cv2.resize(canvas * 255, (width, height), interpolation=cv2.INTER_AREA) > 127
+    return templates
+
+
+def classify_shape(mask: np.ndarray) -> str:
+    """The shape whose ideal mask, fitted to the blob's bounding box, overlaps the blob (H, W) bool best (IoU)."""
+    scores = {
+        shape: (mask & template).sum() / max((mask | template).sum(), 1)
+        for shape, template in shape_templates(mask.shape[1], mask.shape[0]).items()
+    }
+    return max(scores, key=scores.get)
 
 
 def detect_objects(image: np.ndarray, *, min_area: float = MIN_AREA) -> list[Detection]:
@@ -55,13 +72,14 @@ def detect_objects(image: np.ndarray, *, min_area: float = MIN_AREA) -> list[Det
     found = []
     for colour, rgb in COLOURS.items():
         mask = colour_mask(image, rgb).astype(np.uint8)
-        count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        for x, y, w, h, area in stats[1:count]:
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        for label in range(1, count):
+            x, y, w, h, area = stats[label]
             if area < min_area * height * width:
                 continue
-            fill = float(area) / float(w * h)
+            blob = labels[y : y + h, x : x + w] == label
             box = (x / width, y / height, (x + w) / width, (y + h) / height)
-            found.append(Detection(colour, classify_shape(fill), box, fill))
+            found.append(Detection(colour, classify_shape(blob), box, float(area) / float(w * h)))
     return sorted(found, key=lambda d: -(d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
 
 
@@ -87,11 +105,10 @@ def box_scores(image: np.ndarray, layout: dict) -> list[dict]:
         wanted = parse_phrase(entry.get("phrase") or "")
         if wanted is None:
             continue
-        candidates = [d for d in detections if d.colour == wanted[0]]
-        best = max(candidates, key=lambda d: box_iou(d.box, entry["box"]), default=None)
-        iou = box_iou(best.box, entry["box"]) if best else 0.0
-        success = best is not None and iou >= SUCCESS_IOU and best.shape == wanted[1]
-        scores.append({"phrase": entry["phrase"], "iou": iou, "success": bool(success)})
+        same_colour = [box_iou(d.box, entry["box"]) for d in detections if d.colour == wanted[0]]
+        exact = [box_iou(d.box, entry["box"]) for d in detections if (d.colour, d.shape) == wanted]
+        success = max(exact, default=0.0) >= SUCCESS_IOU
+        scores.append({"phrase": entry["phrase"], "iou": max(same_colour, default=0.0), "success": success})
     return scores
 
 
@@ -126,8 +143,9 @@ def depth_iou(image: np.ndarray, depth: np.ndarray, *, threshold: int = 20) -> f
     return float((drawn & wanted).sum() / union) if union else 1.0
 
 
-def caption_fidelity(image: np.ndarray, caption: str) -> bool:
-    """True when every (colour, shape) the caption names is detected somewhere in the image."""
-    found = {(d.colour, d.shape) for d in detect_objects(image)}
+def caption_fidelity(image: np.ndarray, caption: str, *, min_area: float = MIN_AREA) -> bool:
+    """True when every (colour, shape) the caption names is detected in the image, and a figure if it names one."""
+    found = {(d.colour, d.shape) for d in detect_objects(image, min_area=min_area)}
     wanted = {(m.group(1), m.group(2)) for m in _PHRASE.finditer(caption)}
-    return wanted <= found
+    figure_ok = "person" not in caption or colour_mask(image, FIGURE_COLOUR, tolerance=120).mean() >= min_area
+    return wanted <= found and figure_ok

@@ -142,9 +142,14 @@ def sample_pose(rng: np.random.Generator) -> np.ndarray:
     return np.clip(points, 0.02, 0.98)
 
 
-def overlap(a: Item, b: Item) -> float:
-    """Intersection of two items' boxes as a fraction of the smaller box."""
-    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.box, b.box
+def overlap(a: Item, b: Item, *, gap: float = 0.03) -> float:
+    """Intersection of two items' boxes, each grown by ``gap``, as a fraction of the smaller grown box.
+
+    Growing the boxes makes 0 mean "apart", not merely "touching": touching same-colour shapes read as one blob.
+    """
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = (
+        (x0 - gap, y0 - gap, x1 + gap, y1 + gap) for x0, y0, x1, y1 in (a.box, b.box)
+    )
     inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
     return inter / min((ax1 - ax0) * (ay1 - ay0), (bx1 - bx0) * (by1 - by0))
 
@@ -164,16 +169,17 @@ def sample_items(
     stays visible, training the default so that occlusion is seen.
     """
     count = num_objects or int(rng.integers(1, max_objects + 1))
-    items: list[Item] = []
-    if rng.random() < figure_prob:
-        items.append(StickFigure(sample_pose(rng), depth=float(rng.uniform(0.2, 1))))
-    while len(items) < count:
-        for _ in range(100):
+    for _ in range(100):  # a crowded draw may leave no room: start the scene over
+        items: list[Item] = []
+        if rng.random() < figure_prob:
+            items.append(StickFigure(sample_pose(rng), depth=float(rng.uniform(0.2, 1))))
+        for _ in range(100 * count):
+            if len(items) == count:
+                return sorted(items, key=lambda item: item.depth)
             candidate = sample_shape(rng)
             if all(overlap(candidate, item) <= max_overlap for item in items):
-                break
-        items.append(candidate)
-    return sorted(items, key=lambda item: item.depth)
+                items.append(candidate)
+    raise ValueError(f"cannot place {count} objects with max_overlap={max_overlap}; allow more overlap")
 
 
 def render(items: list[Item], *, size: int = 64) -> Scene:

@@ -2,7 +2,10 @@
 
 A grounding tokenizer is GLIGEN's "position net" for one modality: it turns part of a layout into grounding tokens
 ``(B, N, token_dim)`` that the gated self-attention layers read. Adding a modality means writing one file in this
-package with a subclass decorated by :func:`register_tokenizer`; it is discovered automatically.
+package with a subclass decorated by :func:`register_tokenizer`; it is discovered automatically. A modality whose
+input is not among the core layout keys brings its own: ``layout_key`` and ``parse_layout_field`` (validation),
+optionally ``transform_layout_field`` (crop and flip, for training data) and ``draw_layout_field`` (previews).
+See ``training/NEW_MODALITY.md``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..layout import Layout
+from ..layout import Layout, register_layout_field
+from ..layout_fields import FieldContext
 
 _REGISTRY: dict[str, type[GroundingTokenizer]] = {}
 
@@ -53,6 +57,8 @@ class GroundingTokenizer(nn.Module):
     modality: ClassVar[str] = ""
     # fraction of denoising steps with grounding on; GLIGEN's per-modality defaults (gligen.md Sec. 4.1)
     default_beta: ClassVar[float] = 0.3
+    # the top-level layout key this modality adds (None: it reads the core keys of gligen_ext.layout)
+    layout_key: ClassVar[str | None] = None
 
     def __init__(self, *, dims: GroundingDims, **options: Any) -> None:
         super().__init__()
@@ -63,6 +69,27 @@ class GroundingTokenizer(nn.Module):
     def example_layout(cls) -> dict[str, Any]:
         """A small valid layout dict for this modality; the registry-wide contract tests run every tokenizer on it."""
         raise NotImplementedError(f"{cls.__name__} must define example_layout() for the contract tests")
+
+    @classmethod
+    def parse_layout_field(cls, value: Any, context: FieldContext) -> Any:
+        """Validate and normalise the value under ``layout_key`` into what ``Layout.extras[layout_key]`` holds.
+
+        Raise :class:`~gligen_ext.LayoutError` starting with ``context.path``; ``context`` converts coordinates
+        given in pixels. Must accept its own output (and a normalised layout dict's value) again unchanged.
+        """
+        raise NotImplementedError(f"{cls.__name__} sets layout_key, so it must define parse_layout_field()")
+
+    @classmethod
+    def transform_layout_field(cls, value: Any, *, crop: tuple[float, float, float, float], flip: bool) -> Any:
+        """The field seen through a crop, then a left-right mirror if ``flip``: ``crop`` is the kept window
+        ``(x0, y0, x1, y1)`` in normalised coordinates of the source. Takes and returns normalised values (what
+        ``parse_layout_field`` accepts); drops what falls outside. Training data augmentation calls it."""
+        raise NotImplementedError(f"{cls.__name__} cannot crop or flip its layout field; train without augmentation")
+
+    @classmethod
+    def draw_layout_field(cls, image: Image.Image, value: Any) -> Image.Image:
+        """``image`` with the parsed field drawn on a copy, for overlays and previews (default: not drawn)."""
+        return image
 
     @property
     def num_tokens(self) -> int:
@@ -105,6 +132,10 @@ def register_tokenizer(name: str) -> Callable[[type[GroundingTokenizer]], type[G
             raise ValueError(
                 f"a grounding tokenizer named {name!r} is already registered ({_REGISTRY[name].__name__})"
             )
+        if cls.layout_key is not None:
+            if cls.parse_layout_field.__func__ is GroundingTokenizer.parse_layout_field.__func__:
+                raise ValueError(f"{cls.__name__} sets layout_key {cls.layout_key!r} but no parse_layout_field")
+            register_layout_field(cls.layout_key, cls)
         cls.modality = name
         _REGISTRY[name] = cls
         return cls

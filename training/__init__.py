@@ -1,0 +1,1 @@
+"""Training: the record format, data loading and augmentation, caching, and the adapter training script."""

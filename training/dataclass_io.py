@@ -1,0 +1,118 @@
+"""Build dataclasses from plain data (parsed YAML, CLI strings): unknown keys are errors with a suggestion and
+values are converted to each field's declared type."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+from collections.abc import Mapping, Sequence
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad training config: the message names the key (``train.lr``) and how to fix it."""
+
+
+def build_dataclass(cls: type, raw: Any, path: str) -> Any:
+    """``cls(**raw)`` with unknown keys rejected and each value converted to its field's type."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"unknown key {where!r}{suggest(str(key), names)}; known: {', '.join(names)}")
+    values = {key: coerce(value, hints[key], f"{path}.{key}" if path else key) for key, value in raw.items()}
+    try:
+        return cls(**values)
+    except TypeError as error:  # pragma: no cover - every field has a default
+        raise ConfigError(f"{path or 'config'}: {error}") from error
+
+
+def coerce(value: Any, annotation: Any, path: str) -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to ``annotation``; :class:`ConfigError` naming ``path``."""
+    origin = get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(annotation)
+        if type(None) in options and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return coerce(value, option, path)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(annotation):
+        return build_dataclass(annotation, value, path)
+    if origin is list:
+        if isinstance(value, str):  # from the CLI: "[a, b]" or "a,b"
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v.strip() for v in value.split(",")]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item,) = get_args(annotation)
+        return [coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        key_type, item = get_args(annotation)
+        return {coerce(k, key_type, path): coerce(v, item, f"{path}.{k}") for k, v in value.items()}
+    return _coerce_scalar(value, annotation, path)
+
+
+def _coerce_scalar(value: Any, annotation: type, path: str) -> Any:
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        try:
+            number = float(value) if isinstance(value, str) else value
+        except ValueError:
+            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+        if not isinstance(number, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if annotation is int:
+            if float(number) != int(number):
+                raise ConfigError(f"{path}: expected a whole number, got {value!r}")
+            return int(number)
+        return float(number)
+    if annotation is str:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a string, got {value!r}; YAML reads unquoted yes/no/on/off as "
+                              f"true/false, so quote the word (\"no\")")
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{path}: unsupported field type {annotation!r}")  # pragma: no cover - schema bug
+
+
+def suggest(name: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+
+
+def dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a nested dataclass schema, e.g. ``train.lr``."""
+    keys = []
+    for item in dataclasses.fields(cls):
+        hint = get_type_hints(cls)[item.name]
+        if dataclasses.is_dataclass(hint):
+            keys += dotted_keys(hint, f"{prefix}{item.name}.")
+        else:
+            keys.append(prefix + item.name)
+    return keys
