@@ -24,10 +24,17 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from .adapters import DTYPES, AdapterMismatchError, adapter_config, read_adapter_config, write_adapter_file
+from .adapters import (
+    DTYPES,
+    AdapterMismatchError,
+    adapter_config,
+    read_adapter_config,
+    write_adapter_file,
+    write_safetensors,
+)
 from .checkpoint_formats import ConversionError, ldm_block_prefixes, read_source
 from .inject import adapter_parameters, add_grounding_adapter
 from .unet_layout import template_unet
@@ -246,12 +253,9 @@ def save_converted(
     paths = [write_adapter_file(cast(converted.tensors), converted.config, out)]
     if converted.conv_in is not None:
         note = {"in_channels": INPAINT_CHANNELS, "layout": "latent 4, masked latent 4, mask 1 (1 = keep)"}
-        save_file(
-            cast(converted.conv_in),
-            conv_in_path(out),
-            metadata={"format": "pt", "gligen_ext_conv_in": json.dumps(note)},
+        paths.append(
+            write_safetensors(conv_in_path(out), cast(converted.conv_in), {"gligen_ext_conv_in": json.dumps(note)})
         )
-        paths.append(conv_in_path(out))
     return paths
 
 
@@ -321,7 +325,4 @@ def export_comfyui(adapter_path: str | os.PathLike, out: str | os.PathLike) -> P
             raise ConversionError(
                 f"{key}: ComfyUI's loader needs one transformer block per attention, at an SD layout"
             )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(exported, out, metadata={"format": "pt"})
-    return out
+    return write_safetensors(Path(out), exported, {})
