@@ -43,27 +43,9 @@ _PARTS = ("eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
 COCO_KEYPOINTS: tuple[str, ...] = ("nose", *(f"{side}_{part}" for part in _PARTS for side in ("left", "right")))
 COCO_FLIP_PAIRS: tuple[tuple[int, int], ...] = tuple((i, i + 1) for i in range(1, 17, 2))
 # COCO's person skeleton is 1-based in the annotation files; these are the same 19 limbs, 0-based.
-COCO_SKELETON: tuple[tuple[int, int], ...] = (
-    (15, 13),
-    (13, 11),
-    (16, 14),
-    (14, 12),
-    (11, 12),
-    (5, 11),
-    (6, 12),
-    (5, 6),
-    (5, 7),
-    (6, 8),
-    (7, 9),
-    (8, 10),
-    (1, 2),
-    (0, 1),
-    (0, 2),
-    (1, 3),
-    (2, 4),
-    (3, 5),
-    (4, 6),
-)
+COCO_SKELETON: tuple[tuple[int, int], ...] = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12),
+                                              (5, 6), (5, 7), (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3),
+                                              (2, 4), (3, 5), (4, 6))
 _UNITS = ("normalized", "pixels")
 _TOP_KEYS = ("boxes", "keypoints", "units", *MAP_CHANNELS)
 _TOL = 1e-6
@@ -220,10 +202,8 @@ def _parse_map(value: Any, name: str, path: str, base_dir: Path | None) -> torch
         if lo < 0 or (arr.dtype.kind == "f" and not np.array_equal(arr, np.rint(arr))):
             raise LayoutError(f"{path}: semantic maps hold integer class ids >= 0, but {span}; give integer ids")
         if arr.shape[0] != 1 and not (arr == arr[:1]).all():
-            raise LayoutError(
-                f"{path}: semantic maps need one class id per pixel, got 3 differing channels; "
-                "convert a colour-coded map to integer ids"
-            )
+            raise LayoutError(f"{path}: semantic maps need one class id per pixel, got 3 differing channels; "
+                              "convert a colour-coded map to integer ids")
     elif arr.dtype.kind in "iu":
         if lo < 0:
             raise LayoutError(f"{path}: {span}; negative integers are not intensities, give values >= 0")
@@ -244,9 +224,8 @@ def _parse_map(value: Any, name: str, path: str, base_dir: Path | None) -> torch
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def parse_layout(
-    layout: LayoutLike, *, width: int | None = None, height: int | None = None, field_path: str = "layout"
-) -> Layout:
+def parse_layout(layout: LayoutLike, *, width: int | None = None, height: int | None = None,
+                 field_path: str = "layout") -> Layout:
     """Validate one layout and return it normalised: boxes and keypoints in [0, 1], maps as (C, H, W) float32.
 
     ``None`` or ``{}`` gives an empty :class:`Layout`; a :class:`Layout` passes through unchanged; a str or path names
@@ -295,22 +274,15 @@ def parse_layout(
     return out
 
 
-def parse_layouts(
-    layouts: LayoutLike | Sequence[LayoutLike],
-    *,
-    batch_size: int | None = None,
-    width: int | None = None,
-    height: int | None = None,
-) -> list[Layout]:
+def parse_layouts(layouts: LayoutLike | Sequence[LayoutLike], *, batch_size: int | None = None,
+                  width: int | None = None, height: int | None = None) -> list[Layout]:
     """Parse one layout per prompt: a list or tuple gives one per prompt (its length must equal ``batch_size``);
     anything else is a single layout shared by all ``batch_size`` prompts (the same :class:`Layout`, repeated)."""
     if not isinstance(layouts, (list, tuple)):
         return [parse_layout(layouts, width=width, height=height)] * (1 if batch_size is None else batch_size)
     if batch_size is not None and len(layouts) != batch_size:
-        raise LayoutError(
-            f"layouts: got {len(layouts)} layouts for {batch_size} prompts; pass one layout per "
-            "prompt, or a single layout (not in a list) to share it"
-        )
+        raise LayoutError(f"layouts: got {len(layouts)} layouts for {batch_size} prompts; pass one layout per "
+                          "prompt, or a single layout (not in a list) to share it")
     return [parse_layout(x, width=width, height=height, field_path=f"layouts[{i}]") for i, x in enumerate(layouts)]
 
 
@@ -319,13 +291,8 @@ def _keep_largest(items: Sequence[Any], max_items: int, what: str) -> list[Any]:
         return list(items)
     # The stable sort keeps the earlier item on ties; sorting the kept indices restores the input order.
     kept = sorted(sorted(range(len(items)), key=lambda i: -items[i].area)[: max(max_items, 0)])
-    logger.warning(
-        "Dropped %d of %d %s: the model takes at most %d; kept the largest by area.",
-        len(items) - len(kept),
-        len(items),
-        what,
-        max_items,
-    )
+    logger.warning("Dropped %d of %d %s: the model takes at most %d; kept the largest by area.",
+                   len(items) - len(kept), len(items), what, max_items)
     return [items[i] for i in kept]
 
 

@@ -51,9 +51,8 @@ class Shape:
             angles = np.linspace(0, 2 * math.pi, 64, endpoint=False)
             points = np.stack([cx + half * np.cos(angles), cy + half * np.sin(angles)], axis=1)
         elif self.kind == "square":
-            points = np.array(
-                [[cx - half, cy - half], [cx + half, cy - half], [cx + half, cy + half], [cx - half, cy + half]]
-            )
+            points = np.array([[cx - half, cy - half], [cx + half, cy - half], [cx + half, cy + half],
+                               [cx - half, cy + half]])
         else:  # upright triangle filling its bounding square
             points = np.array([[cx, cy - half], [cx + half, cy + half], [cx - half, cy + half]])
         return np.round(points).astype(np.int32)
@@ -98,15 +97,10 @@ class Scene:
 
     def layout(self) -> dict:
         """Boxes (every item) with phrases and the figures' keypoints, normalised units."""
-        boxes = [
-            {"box": [round(float(v), 4) for v in np.clip(item.box, 0, 1)], "phrase": item.phrase}
-            for item in self.items
-        ]
-        persons = [
-            {"points": [[round(float(x), 4), round(float(y), 4), 2] for x, y in item.points]}
-            for item in self.items
-            if isinstance(item, StickFigure)
-        ]
+        boxes = [{"box": [round(float(v), 4) for v in np.clip(item.box, 0, 1)], "phrase": item.phrase}
+                 for item in self.items]
+        persons = [{"points": [[round(float(x), 4), round(float(y), 4), 2] for x, y in item.points]}
+                   for item in self.items if isinstance(item, StickFigure)]
         return {"boxes": boxes, "keypoints": persons} if persons else {"boxes": boxes}
 
 
