@@ -12,8 +12,9 @@ from .adapters import (  # noqa: E402
 )
 from .attention import attention_backends, enable_best_attention, xformers_available  # noqa: E402
 from .checkpoint_formats import ConversionError  # noqa: E402
-from .convert import convert_checkpoint, export_comfyui, load_conv_in_weights, save_converted  # noqa: E402
+from .convert import convert_checkpoint, load_conv_in_weights, save_converted  # noqa: E402
 from .encoders import PhraseEncoder, ReferenceImageEncoder  # noqa: E402
+from .export import export_comfyui  # noqa: E402
 from .gated_attention import GatedSelfAttention, GroundingFuser  # noqa: E402
 from .grounding import (  # noqa: E402
     UnhandledModalityError,

@@ -233,7 +233,7 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     """Write a gligen-ext box adapter in ComfyUI's GLIGEN format."""
     from .adapters import resolve_adapter_path
-    from .convert import export_comfyui
+    from .export import export_comfyui
 
     path = export_comfyui(resolve_adapter_path(args.adapter), args.out)
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB, ComfyUI GLIGEN format: put it in ComfyUI/models/gligen/)")

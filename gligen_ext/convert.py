@@ -1,4 +1,4 @@
-"""Convert published GLIGEN weights into gligen-ext adapter files, and box adapters into ComfyUI's GLIGEN format.
+"""Convert published GLIGEN weights into gligen-ext adapter files (:mod:`gligen_ext.export` goes the other way).
 
 ``convert_checkpoint`` reads an official GLIGEN checkpoint, a ComfyUI pruned GLIGEN file or a diffusers GLIGEN UNet
 (:mod:`gligen_ext.checkpoint_formats`), tells the modality from the position net's keys, builds on the meta device
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -31,11 +30,10 @@ from .adapters import (
     DTYPES,
     AdapterMismatchError,
     adapter_config,
-    read_adapter_config,
     write_adapter_file,
     write_safetensors,
 )
-from .checkpoint_formats import ConversionError, ldm_block_prefixes, read_source
+from .checkpoint_formats import ConversionError, read_source
 from .inject import adapter_parameters, add_grounding_adapter
 from .unet_layout import template_unet
 
@@ -283,46 +281,3 @@ def load_conv_in_weights(unet: nn.Module, path: str | os.PathLike) -> None:
     with torch.no_grad():
         conv.weight.copy_(tensors["conv_in.weight"])
         conv.bias.copy_(tensors["conv_in.bias"])
-
-
-def export_comfyui(adapter_path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write a gligen-ext box adapter as a ComfyUI GLIGEN file (``models/gligen/``): LDM fuser keys
-    (``input_blocks.1.1.transformer_blocks.0.fuser.*``) and ``position_net.*``, as ``comfy/gligen.py`` reads them.
-
-    ComfyUI's loader knows only GLIGEN's box-and-phrase position net; other modalities raise ConversionError.
-    """
-    path = Path(adapter_path)
-    config = read_adapter_config(path)
-    modalities = list(config["modalities"])
-    if modalities != ["boxes"]:
-        raise ConversionError(
-            f"{path.name} grounds {', '.join(modalities)}; ComfyUI's GLIGEN loader supports only boxes with text "
-            "phrases (a single-modality 'boxes' adapter)"
-        )
-    if config.get("converted_from", {}).get("inpainting"):
-        raise ConversionError(
-            f"{path.name} is a GLIGEN inpainting adapter: it needs its 9-channel first conv, which ComfyUI's GLIGEN "
-            "loader does not carry; export a generation (text-box) adapter"
-        )
-    with safe_open(str(path), framework="pt") as handle:
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    attentions = {k.split(".transformer_blocks.")[0] for k in tensors if ".fuser." in k}
-    rows = [
-        (m.group(1), int(m.group(2)), int(m.group(3)))
-        for a in attentions
-        if (m := re.match(r"(down|up)_blocks\.(\d+)\.attentions\.(\d+)$", a))
-    ]
-    per_block = max([r + 1 for kind, _, r in rows if kind == "down"] + [r for kind, _, r in rows if kind == "up"])
-    prefixes = ldm_block_prefixes(per_block, max(level for _, level, _ in rows) + 1)
-    exported = {}
-    for key, value in tensors.items():
-        attention, _, rest = key.partition(".transformer_blocks.")
-        if not rest:
-            exported[key] = value  # position_net.*: ComfyUI reads these names as they are
-        elif attention in prefixes and rest.startswith("0.fuser."):
-            exported[f"{prefixes[attention]}.transformer_blocks.{rest}"] = value
-        else:
-            raise ConversionError(
-                f"{key}: ComfyUI's loader needs one transformer block per attention, at an SD layout"
-            )
-    return write_safetensors(Path(out), exported, {})

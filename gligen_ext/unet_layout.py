@@ -1,6 +1,6 @@
 """The plain diffusers UNet a set of GLIGEN weights belongs to, built on the meta device (no memory, no init cost).
 
-A converted adapter file records the shape of its base UNet (``adapters.unet_fingerprint``); building that UNet and
+A converted adapter file records the shape of its base UNet (``inject.unet_fingerprint``); building that UNet and
 adding a gligen-ext adapter to it gives the adapter's exact key names, shapes and config, with the same code that
 loads adapter files.
 """

@@ -26,10 +26,10 @@ from gligen_ext.convert import (
     choose_modality,
     conv_in_path,
     convert_checkpoint,
-    export_comfyui,
     load_conv_in_weights,
     save_converted,
 )
+from gligen_ext.export import export_comfyui
 from gligen_ext.testing import tiny_unet, tiny_unet_config
 
 RELEASED = [  # the 10 official checkpoints: (modality, inpainting)
