@@ -138,6 +138,11 @@ def test_official_checkpoint_lands_tensor_for_tensor(tmp_path, modality, inpaint
         assert torch.equal(tensors[key], value), key
     config = read_adapter_config(written[0])
     assert config["converted_from"] == {"format": "official", "source": path.name, "inpainting": inpainting}
+    options = config["modalities"][modality]["options"]
+    if modality in ("depth", "canny", "hed", "normal", "semantic"):  # GLIGEN's spatial net, rebuilt on load
+        assert options["backbone"] == "convnext_tiny" and options["first_conv_override"]
+        assert (options["grid_size"], options["resize_input"]) == (8, 256)
+        assert options["downsampler"] == ("resize" if modality == "hed" else "learned")
 
     unet = UNet2DConditionModel(**{**SD_LIKE, "in_channels": 9 if inpainting else 4})
     load_grounding_adapter(unet, written[0])
