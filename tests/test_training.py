@@ -206,3 +206,14 @@ def test_cached_latents_and_phrase_embeddings_train_and_are_reused(tmp_path, tin
     second = run("second")  # reads the same caches back
     assert sorted(p.name for p in cache.iterdir()) == made
     assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_streamed_records_train(tiny, tmp_path, caplog):
+    """data.streaming reads the table lazily (for tables larger than the disk) and still trains."""
+    overrides = tiny_overrides(tiny.sd, tiny.records, tmp_path, data__streaming="true", data__shuffle_buffer=4,
+                               train__max_steps=6)  # 4 batches per epoch: crosses into the next
+    with caplog.at_level(logging.INFO):
+        adapter_file = main(["--config", str(CONFIGS / "tiny.yaml"), *overrides])
+    losses = logged_losses(caplog.records)
+    assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
+    assert adapter_file.is_file()

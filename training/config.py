@@ -64,6 +64,9 @@ class DataConfig:
     max_boxes: int = 30
     max_persons: int = 8
     num_workers: int = 2
+    # read the records lazily (a table larger than the disk): shuffled in a buffer, each process reads its shards
+    streaming: bool = False
+    shuffle_buffer: int = 1000
     # encode once, train many epochs (training/caching.py): phrase embeddings are cached here when set
     cache_dir: str | None = None
     # also cache VAE latents of the centre crops (faster, but no random crops); needs cache_dir
@@ -240,6 +243,8 @@ def check_config(config: Config) -> None:
     if config.train.lr_scheduler not in schedules:
         raise ConfigError(f"train.lr_scheduler: unknown schedule {config.train.lr_scheduler!r}"
                           f"{suggest(config.train.lr_scheduler, schedules)}; known: {', '.join(schedules)}")
+    if config.data.streaming and config.data.cache_dir:
+        raise ConfigError("data.cache_dir: caching needs the whole table on disk; turn off data.streaming")
     if config.data.cache_latents and not config.data.cache_dir:
         raise ConfigError("data.cache_latents: needs data.cache_dir, the folder the cache is written to")
     if not config.data.train:

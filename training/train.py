@@ -37,7 +37,7 @@ from .checkpoints import (
     save_trained_weights,
 )
 from .config import Config, flat_config, load_config, save_config
-from .data import LayoutExamples, collate_examples, load_records
+from .data import LayoutExamples, StreamingLayoutExamples, collate_examples, load_records
 from .model import inject_adapter, load_frozen_parts, trainable_parameters
 from .monitor import bad_row_totals, log_step, mean_over_processes, sample_examples, save_samples
 from .records import BadRowCounter
@@ -102,14 +102,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     cast_training_params(parts.unet, dtype=torch.float32)
     logger.info("attention backend: %s", enable_best_attention(parts.unet))
 
-    # 4. Data: map-style examples; accelerate shards each global batch across processes.
-    records = load_records(config.data.train, split=config.data.split)
+    # 4. Data: map-style examples, accelerate shards each global batch across processes; or a stream, of which
+    #    each process reads its own shards.
+    records = load_records(config.data.train, split=config.data.split, streaming=config.data.streaming)
     encoders = GroundingEncoders(encode_phrases=parts.phrase_encoder())
     if config.data.cache_dir:
         with accelerator.main_process_first():  # the main process fills the caches, the others then reuse them
             records, encoders = _with_caches(records, parts, config)
-    examples = LayoutExamples(
-        records,
+    example_options = dict(
         resolution=config.data.resolution,
         modalities=config.adapter.modalities,
         seed=train.seed,
@@ -119,10 +119,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
         flip_prob=config.data.flip_prob,
         random_crop=config.data.random_crop,
     )
+    if config.data.streaming:
+        examples = StreamingLayoutExamples(records, shuffle_buffer=config.data.shuffle_buffer,
+                                           rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                           **example_options)
+    else:
+        examples = LayoutExamples(records, **example_options)
     loader = torch.utils.data.DataLoader(
         examples,
         batch_size=train.batch_size,
-        shuffle=True,
+        shuffle=not config.data.streaming,
         drop_last=True,
         collate_fn=collate_examples,
         num_workers=config.data.num_workers,
@@ -140,7 +146,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     lr_schedule = get_scheduler(
         train.lr_scheduler, optimizer, num_warmup_steps=train.warmup_steps, num_training_steps=train.max_steps
     )
-    unet, optimizer, loader = accelerator.prepare(parts.unet, optimizer, loader)
+    if config.data.streaming:  # already sharded per process; accelerate would try to broadcast the layout dicts
+        unet, optimizer = accelerator.prepare(parts.unet, optimizer)
+    else:
+        unet, optimizer, loader = accelerator.prepare(parts.unet, optimizer, loader)
     accelerator.register_for_checkpointing(lr_schedule)
     register_adapter_only_hooks(accelerator)
 
@@ -157,8 +166,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
                                count=config.log.sample_count) if config.log.sample_every else []
 
     # 7. The loop. One pass of the inner loop is one micro-batch; an optimiser step ends every accumulation window.
-    logger.info("%d examples, %d batches of %d per process and epoch, %d processes, %d steps",
-                len(examples), len(loader), train.batch_size, accelerator.num_processes, train.max_steps)
+    logger.info("%s examples, batches of %d per process, %d processes, %d steps",
+                "streamed" if config.data.streaming else len(examples), train.batch_size,
+                accelerator.num_processes, train.max_steps)
     # bad rows are counted per process since the (re)start; logged totals add those of the resumed checkpoint
     bad_rows, resumed_bad_rows = BadRowCounter(), dict(progress.bad_rows)
     window_loss, window_batches, saved_at = torch.zeros((), device=accelerator.device), 0, None
@@ -166,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     unet.train()
     while progress.step < train.max_steps:
         examples.set_epoch(progress.epoch)
-        loader.set_epoch(progress.epoch)
+        if hasattr(loader, "set_epoch"):  # accelerate's prepared loader; a stream is reshuffled by set_epoch above
+            loader.set_epoch(progress.epoch)
         batches = skip_first_batches(loader, progress.batches_in_epoch) if progress.batches_in_epoch else loader
         for batch in batches:
             progress.batches_in_epoch += 1
