@@ -66,7 +66,8 @@ def test_notebook_is_committed_clean(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_offline(path):
+def test_notebook_runs_offline(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebooks' scratch folders land in pytest's, which it prunes
     before = sorted(p.name for p in NOTEBOOK_DIR.iterdir())
     executed = execute(nbformat.read(path, as_version=4), NOTEBOOK_DIR)  # raises CellExecutionError on any error
     outputs = [out for cell in executed.cells if cell.cell_type == "code" for out in cell.outputs]
