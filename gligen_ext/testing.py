@@ -91,9 +91,13 @@ def tiny_unet_config(*, cross_attention_dim: int = 32, sdxl: bool = False) -> di
     return config
 
 
-def tiny_unet(*, seed: int = 0, **config_overrides) -> UNet2DConditionModel:
+def tiny_unet(
+    *, seed: int = 0, cross_attention_dim: int = 32, sdxl: bool = False, **config_overrides
+) -> UNet2DConditionModel:
+    """A tiny UNet; ``config_overrides`` replace entries of :func:`tiny_unet_config` (e.g. ``in_channels=9``)."""
     torch.manual_seed(seed)
-    return UNet2DConditionModel(**tiny_unet_config(**config_overrides)).eval()
+    config = tiny_unet_config(cross_attention_dim=cross_attention_dim, sdxl=sdxl) | config_overrides
+    return UNet2DConditionModel(**config).eval()
 
 
 def tiny_vae(*, seed: int = 0) -> AutoencoderKL:

@@ -3,10 +3,16 @@
 As in GLIGEN's box inpainting, after every denoising step the known region is reset to the input image's latent,
 noised to the current timestep, so the new content is generated to fit its surroundings; the decoded result is then
 composited onto the input outside the boxes so the kept pixels are exactly the input's.
+
+GLIGEN's inpainting checkpoints (converted with ``gligen-ext convert``, first conv loaded with
+``load_conv_in_weights``) use a 9-channel UNet: the noisy latent, the known latent times the keep-mask, and the
+keep-mask (1 = keep, 0 = generate, GLIGEN's convention). With such a UNet the pipeline appends those 5 channels to
+every UNet input; with an ordinary 4-channel UNet it relies on the reset alone.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -31,8 +37,14 @@ def box_mask(layout: Layout, height: int, width: int) -> torch.Tensor:
 class GroundedStableDiffusionInpaintPipeline(GroundedStableDiffusionPipeline):
     """Regenerate the boxes of ``image`` following the layout's phrases (and other modalities); keep the rest.
 
-    Works with an ordinary 4-channel SD UNet and any grounding adapter.
+    Works with an ordinary 4-channel SD UNet and any grounding adapter, or with GLIGEN's 9-channel inpainting UNet.
     """
+
+    def prepare_latents(self, batch_size: int, num_channels_latents: int, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # a 9-channel inpainting UNet denoises only the VAE's latent channels; the other 5 are its condition
+        return super().prepare_latents(
+            batch_size, min(num_channels_latents, self.vae.config.latent_channels), *args, **kwargs
+        )
 
     def __call__(
         self,
@@ -77,14 +89,27 @@ class GroundedStableDiffusionInpaintPipeline(GroundedStableDiffusionPipeline):
 
         kwargs.setdefault("callback_on_step_end_tensor_inputs", ["latents"])
         output_type = kwargs.pop("output_type", "pil")
-        result = super().__call__(
-            prompt,
-            layout=layouts[0],
-            grounding_beta=grounding_beta,
-            callback_on_step_end=reset_known_region,
-            output_type="pt",
-            **kwargs,
-        )
+        condition = torch.cat([known * keep, keep[None].expand(known.shape[0], -1, -1, -1)], dim=1)
+        handle = None
+        if self.unet.config.in_channels == known.shape[1] + condition.shape[1]:
+            handle = self.unet.register_forward_pre_hook(partial(_append_channels, condition), with_kwargs=True)
+        elif self.unet.config.in_channels != known.shape[1]:
+            raise ValueError(
+                f"unet.config.in_channels is {self.unet.config.in_channels}; grounded inpainting takes a "
+                f"{known.shape[1]}-channel UNet or GLIGEN's {known.shape[1] + condition.shape[1]}-channel one"
+            )
+        try:
+            result = super().__call__(
+                prompt,
+                layout=layouts[0],
+                grounding_beta=grounding_beta,
+                callback_on_step_end=reset_known_region,
+                output_type="pt",
+                **kwargs,
+            )
+        finally:
+            if handle is not None:
+                handle.remove()
         generated = result.images
         composite = source.float().clamp(-1, 1) / 2 + 0.5
         composite = composite * (1 - pixel_mask) + generated.to(composite) * pixel_mask
@@ -98,3 +123,13 @@ class GroundedStableDiffusionInpaintPipeline(GroundedStableDiffusionPipeline):
                 for picture in self.image_processor.numpy_to_pil(self.image_processor.pt_to_numpy(composite))
             ]
         return GroundedPipelineOutput(images, result.nsfw_content_detected, overlays)
+
+
+def _append_channels(condition: torch.Tensor, unet: torch.nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """UNet pre-hook: ``sample`` (B, 4, h, w) -> (B, 9, h, w) with GLIGEN's [masked latent ; keep-mask] channels."""
+    sample = args[0] if args else kwargs["sample"]
+    extra = condition.to(sample.device, sample.dtype).expand(sample.shape[0], -1, -1, -1)
+    sample = torch.cat([sample, extra], dim=1)
+    if args:
+        return (sample, *args[1:]), kwargs
+    return args, kwargs | {"sample": sample}
