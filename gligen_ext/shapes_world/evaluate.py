@@ -151,9 +151,10 @@ def sweep_name(adapter: str, beta: float) -> str:
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """The first 12 hex digits of the file's SHA-256: which weights made the numbers."""
+    """The adapter file's SHA-256 (a folder: the adapter file in it), first 12 hex digits: which weights made the
+    numbers."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open(resolve_adapter_path(path), "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:12]
@@ -232,9 +233,8 @@ def run_benchmark(
         "layout_seeds": [HELDOUT_SEED, HELDOUT_SEED + options.layouts - 1],
         "reference_seeds": [REFERENCE_SEED, REFERENCE_SEED + options.reference_images - 1],
         "adapters": {
-            name: {"file": str(path), "modalities": modalities[name], "sha256": digest}
-            for name, path in adapters.items()
-            for digest in [file_digest(resolve_adapter_path(path))]
+            name: {"file": str(file), "modalities": modalities[name], "sha256": file_digest(file)}
+            for name, file in adapters.items()
         },
         "sweep_adapter": sweep_adapter,
         "fid_features": features.name,

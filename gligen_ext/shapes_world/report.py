@@ -107,7 +107,8 @@ def _how_made(result: BenchmarkResult) -> list[str]:
         "layout.",
         "- **Boxes**: objects are found by colour and shape with opencv (`gligen_ext.shapes_world.metrics`); a box "
         "succeeds at IoU ≥ 0.5 with the right colour and shape (COCO-MIG instance success); mIoU is the best "
-        "same-colour IoU; image success means every shape box of the image succeeds. Stick figures are scored by PCK.",
+        "same-colour IoU; image success means every shape box of the image succeeds. A stick figure counts among "
+        "a layout's objects but is scored by PCK, not as a box.",
         f"- **Keypoints**: PCK, the share of requested visible joints with a figure stroke within r = {radius:g} px "
         f"({radius / size:.1%} of the {size}-pixel side).",
         "- **Depth**: IoU of the image's object silhouettes (non-background pixels) with the depth map's.",
