@@ -150,7 +150,7 @@ def sweep_name(adapter: str, beta: float) -> str:
     return f"{adapter} β={beta:g}"
 
 
-def file_digest(path: str | os.PathLike) -> str:
+def adapter_digest(path: str | os.PathLike) -> str:
     """The adapter file's SHA-256 (a folder: the adapter file in it), first 12 hex digits: which weights made the
     numbers."""
     digest = hashlib.sha256()
@@ -233,7 +233,7 @@ def run_benchmark(
         "layout_seeds": [HELDOUT_SEED, HELDOUT_SEED + options.layouts - 1],
         "reference_seeds": [REFERENCE_SEED, REFERENCE_SEED + options.reference_images - 1],
         "adapters": {
-            name: {"file": str(file), "modalities": modalities[name], "sha256": file_digest(file)}
+            name: {"file": str(file), "modalities": modalities[name], "sha256": adapter_digest(file)}
             for name, file in adapters.items()
         },
         "sweep_adapter": sweep_adapter,
