@@ -106,9 +106,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         crash_point(f"mid-checkpoint-{progress.step}")
-        _fsync_tree(staging)
-        _replace_dir(staging, final)
-        _fsync_dir(root)
+        publish_dir(staging, final)
         prune_checkpoints(root, keep=config.train.keep_checkpoints)
         logger.info("saved %s", final)
     accelerator.wait_for_everyone()
@@ -189,6 +187,14 @@ def crash_point(name: str) -> None:
     """Kill this process without any clean-up when the test hook names this point (used to test resuming)."""
     if os.environ.get(CRASH_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def publish_dir(staging: Path, final: Path) -> None:
+    """Make the finished folder ``staging`` durable and rename it to ``final`` in one step (replacing an older
+    ``final``): readers see the old folder or the new one, never a torn one."""
+    _fsync_tree(staging)
+    _replace_dir(staging, final)
+    _fsync_dir(final.parent)
 
 
 def _replace_dir(staging: Path, final: Path) -> None:

@@ -155,8 +155,11 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
     return config
 
 
-def parse_overrides(args: Sequence[str]) -> list[tuple[str, str]]:
-    """``["--train.lr", "1e-4", "--data.resolution=64"]`` -> ``[("train.lr", "1e-4"), ("data.resolution", "64")]``."""
+def parse_overrides(args: Sequence[str], *, known_keys: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """``["--train.lr", "1e-4", "--data.resolution=64"]`` -> ``[("train.lr", "1e-4"), ("data.resolution", "64")]``.
+
+    ``known_keys`` (default: this schema's, :func:`all_keys`) feed the suggestion for a flag without a section."""
+    known_keys = all_keys() if known_keys is None else list(known_keys)
     pairs, args = [], list(args)
     while args:
         flag = args.pop(0)
@@ -168,8 +171,8 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[str, str]]:
                 raise ConfigError(f"--{key} needs a value")
             value = args.pop(0)
         if "." not in key:
-            same_name = [k for k in all_keys() if k.endswith("." + key)]
-            close = f" (did you mean '{same_name[0]}'?)" if same_name else suggest(key, all_keys())
+            same_name = [k for k in known_keys if k.endswith("." + key)]
+            close = f" (did you mean '{same_name[0]}'?)" if same_name else suggest(key, known_keys)
             raise ConfigError(f"unknown option --{key}{close}; overrides look like --section.key value")
         pairs.append((key, value))
     return pairs

@@ -104,6 +104,22 @@ def suggest(name: str, candidates: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def set_dotted(raw: dict[str, Any], cls: type, key: str, value: Any) -> None:
+    """Put ``value`` at ``a.b.c`` of the plain data ``raw`` for the nested dataclass schema ``cls``; a key the schema
+    does not have is a :class:`ConfigError` with the closest known key."""
+    node, parts, root = raw, key.split("."), cls
+    for depth, part in enumerate(parts):
+        hints = get_type_hints(cls)
+        if part not in hints:
+            raise ConfigError(f"unknown option --{key}{suggest(key, dotted_keys(root))}")
+        if depth == len(parts) - 1:
+            if dataclasses.is_dataclass(hints[part]):
+                raise ConfigError(f"--{key}: is a section; give one of its keys, e.g. --{key}.<name>")
+            node[part] = value
+        elif not dataclasses.is_dataclass(hints[part]):
+            raise ConfigError(f"--{key}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+        else:
+            cls, node = hints[part], node.setdefault(part, {})
 
 
 def dotted_keys(cls: type, prefix: str = "") -> list[str]:
