@@ -29,13 +29,17 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from gligen_ext.shapes_world import Scene, sample_scene
+from gligen_ext.shapes_world.evaluate import HELDOUT_SEED as BENCHMARK_HELDOUT_SEED
 
 from .records import record_features
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "heldout")
-HELDOUT_FIRST_SEED = 2**31  # training seeds stay below it, so the splits are disjoint
+# scene-seed ranges never overlap: training [0, 10M), the grounding benchmark's layouts [10M, ...) and its FID
+# references [20M, ...) (gligen_ext.shapes_world.evaluate), this held-out split [30M, ...)
+TRAINING_SEED_LIMIT = BENCHMARK_HELDOUT_SEED
+HELDOUT_FIRST_SEED = 30_000_000
 FEATURES = record_features(["depth"])
 
 
@@ -55,8 +59,9 @@ def scene_seeds(split: str, *, seed: int, scenes: int) -> range:
         raise ValueError(f"split: {split!r} is not one of {SPLITS}")
     if seed < 0 or scenes < 1:
         raise ValueError(f"seed and scenes: need seed >= 0 and scenes >= 1, got seed={seed}, scenes={scenes}")
-    if seed + scenes > HELDOUT_FIRST_SEED:
-        raise ValueError(f"seed: seed + scenes must stay below {HELDOUT_FIRST_SEED} to keep the splits apart")
+    if seed + scenes > TRAINING_SEED_LIMIT:
+        raise ValueError(f"seed: seed + scenes must stay below {TRAINING_SEED_LIMIT:,}, the first scene the grounding "
+                         "benchmark holds out")
     first = seed + (HELDOUT_FIRST_SEED if split == "heldout" else 0)
     return range(first, first + scenes)
 
