@@ -116,10 +116,18 @@ def test_word_tokenizer_keeps_each_word_whole_and_unknown_words_readable(tmp_pat
     assert tokenizer.decode(tokenizer("a purple triangle").input_ids, skip_special_tokens=True) == "a purple triangle"
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*_base.yaml")), ids=lambda p: p.stem)
+def test_shipped_base_configs_parse(path):
+    config = load_base_config(path)
+    assert config.diffusion.caption_drop > 0  # classifier-free guidance needs unconditional examples
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="unet.block_out_chanels"):
         load_base_config(CONFIGS / "shapes_base.yaml", ["--unet.block_out_chanels", "[8,16]"])
     with pytest.raises(ConfigError, match="data.resolution"):
         load_base_config(CONFIGS / "shapes_base.yaml", ["--data.resolution", "60"])
+    with pytest.raises(ConfigError, match="v_prediction"):  # epsilon cannot sample from the cosine's last step
+        load_base_config(CONFIGS / "shapes_base.yaml", ["--diffusion.prediction_type", "epsilon"])
     config = load_base_config(CONFIGS / "shapes_base.yaml", ["--diffusion.steps=7"])
     assert config.diffusion.steps == 7 and config.unet.block_out_channels == [64, 128]

@@ -9,8 +9,8 @@ from training_fixtures import CONFIGS
 from training.config import Config, ConfigError, load_config, save_config
 from training.train import parse_args
 
-# adapter recipes; *tiny configs are for tests, shapes_base trains a base model (training/train_base.py)
-REAL_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.stem.endswith("tiny") and p.stem != "shapes_base")
+# tiny: tests only; *_base: base models trained from scratch (training/train_base.py, tests/test_train_base.py)
+REAL_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.stem.endswith(("tiny", "_base")))
 
 
 def test_configs_folder_has_one_per_modality_and_base():

@@ -19,6 +19,7 @@ from .config import MIXED_PRECISION, parse_overrides
 from .dataclass_io import ConfigError, build_dataclass, dotted_keys, set_dotted
 
 BETA_SCHEDULES = ("scaled_linear", "squaredcos_cap_v2", "linear")
+PREDICTION_TYPES = ("v_prediction", "epsilon")
 
 
 @dataclass
@@ -34,11 +35,11 @@ class BaseDataConfig:
 class VaeConfig:
     """Stage 1: a small ``AutoencoderKL`` and its recipe (reconstruction MSE + L1, a small KL term)."""
 
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # n blocks: 2^(n-1) x smaller
+    block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # n blocks: 2^(n-1) x smaller
     layers_per_block: int = 1
     latent_channels: int = 4
-    norm_num_groups: int = 32
-    steps: int = 1500
+    norm_num_groups: int = 16
+    steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-3
     lr_scheduler: str = "cosine"  # any name diffusers' get_scheduler knows; cosine ends at 0 with the stage
@@ -84,6 +85,9 @@ class DiffusionConfig:
     num_train_timesteps: int = 1000
     # cosine suits small latents (improved DDPM, arXiv 2102.09672); scaled_linear is Stable Diffusion's
     beta_schedule: str = "squaredcos_cap_v2"
+    # v (arXiv 2202.00512) stays finite where the cosine schedule leaves no signal (alpha_bar(T) ~ 2e-9); epsilon
+    # there turns a small error into a huge x0 at the first sampling step
+    prediction_type: str = "v_prediction"
     ema_decay: float = 0.999  # 0 turns EMA off; samples and the saved model use the EMA weights
     ema_warmup: bool = True  # diffusers' EMA warm-up: the decay grows with the steps, so early EMA is not stale
 
@@ -141,6 +145,12 @@ def check_base_config(config: BaseConfig) -> None:
     if config.diffusion.beta_schedule not in BETA_SCHEDULES:
         raise ConfigError(f"diffusion.beta_schedule: got {config.diffusion.beta_schedule!r}; use one of "
                           f"{BETA_SCHEDULES}")
+    if config.diffusion.prediction_type not in PREDICTION_TYPES:
+        raise ConfigError(f"diffusion.prediction_type: got {config.diffusion.prediction_type!r}; use one of "
+                          f"{PREDICTION_TYPES}")
+    if config.diffusion.prediction_type == "epsilon" and config.diffusion.beta_schedule == "squaredcos_cap_v2":
+        raise ConfigError("diffusion.prediction_type: epsilon cannot sample from the cosine schedule's last step "
+                          "(no signal left there); use v_prediction, or beta_schedule scaled_linear")
     if not 0.0 <= config.diffusion.caption_drop <= 1.0:
         raise ConfigError(f"diffusion.caption_drop: a probability in [0, 1], got {config.diffusion.caption_drop}")
     if not 0.0 <= config.diffusion.ema_decay < 1.0:

@@ -113,10 +113,10 @@ def build_unet(config: UNetConfig, *, latent_size: int, latent_channels: int,
 
 
 def noise_scheduler(config: DiffusionConfig) -> DDPMScheduler:
-    """The training noise schedule (epsilon prediction)."""
+    """The training noise schedule, predicting ``config.prediction_type``."""
     betas = _SCALED_LINEAR_BETAS if config.beta_schedule == "scaled_linear" else {}
     return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-                         clip_sample=False, prediction_type="epsilon", **betas)
+                         clip_sample=False, prediction_type=config.prediction_type, **betas)
 
 
 def inference_scheduler(training: DDPMScheduler) -> DDIMScheduler:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -201,7 +202,7 @@ def train_diffusion(config: BaseConfig, vae: AutoencoderKL, images: torch.Tensor
     tokenizer = write_word_tokenizer(out / "tokenizer", words, max_length=config.text_encoder.max_length)
     tokens = caption_token_ids(tokenizer, captions)
     empty = caption_token_ids(tokenizer, [""])[0]
-    latents = encode_latents(vae, images, device=device)
+    latents = cached_latents(vae, images, path=out / "latents.pt", device=device, reuse=resume)
     torch.manual_seed(seed)
     text_encoder = build_text_encoder(config.text_encoder, tokenizer)
     unet = build_unet(config.unet, latent_size=latent_size(config), latent_channels=vae.config.latent_channels,
@@ -232,7 +233,8 @@ def train_diffusion(config: BaseConfig, vae: AutoencoderKL, images: torch.Tensor
         noisy = scheduler.add_noise(clean, noise, timesteps).to(device)
         hidden = text_encoder(ids.to(device))[0]
         prediction = unet(noisy, timesteps.to(device), hidden).sample
-        return F.mse_loss(prediction.float(), noise.to(device))
+        target = scheduler.get_velocity(clean, noise, timesteps) if recipe.prediction_type == "v_prediction" else noise
+        return F.mse_loss(prediction.float(), target.to(device))
 
     def after_step(step: int) -> None:
         if config.log.sample_every and step % config.log.sample_every == 0 and heldout_captions:
@@ -254,6 +256,22 @@ def _evaluate(stage: Stage, pipe, captions: list[str], *, out: Path, step: int, 
                           grid_count=config.log.sample_count)
     for model in stage.models.values():
         model.train()
+
+
+def cached_latents(vae: AutoencoderKL, images: torch.Tensor, *, path: Path, device: torch.device,
+                   reuse: bool) -> torch.Tensor:
+    """:func:`encode_latents`, kept in ``path`` so that a resumed run skips the encoding (minutes on a CPU); a file
+    made by another VAE (another scaling factor) or for other images is encoded again."""
+    key = {"scaling_factor": float(vae.config.scaling_factor), "count": len(images)}
+    if reuse and path.is_file():
+        stored = torch.load(path, weights_only=True)
+        if stored["key"] == key:
+            return stored["latents"]
+    latents = encode_latents(vae, images, device=device)
+    staging = path.with_name(f".{path.name}.tmp")
+    torch.save({"key": key, "latents": latents}, staging)
+    os.replace(staging, path)
+    return latents
 
 
 @torch.no_grad()
