@@ -1,11 +1,15 @@
-"""Attention backends for the base UNet and the gated layers: PyTorch SDPA by default, xformers on CUDA."""
+"""Attention backends for the base UNet and the gated layers: PyTorch SDPA by default, xformers on CUDA; and the
+split-query attention the gated layers run on them."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 
+import torch
+import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
+from einops import rearrange
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -53,3 +57,35 @@ def enable_best_attention(model: nn.Module) -> str:
         if isinstance(module, Attention):
             module.set_use_memory_efficient_attention_xformers(False)
     return "sdpa"
+
+
+def attend_with_extra_keys(
+    attn: Attention, hidden_states: torch.Tensor, extra_key: torch.Tensor, extra_value: torch.Tensor
+) -> torch.Tensor | None:
+    """Self-attention of ``hidden_states`` over ``[hidden_states ; extra]`` keys, with only its own rows as queries.
+
+    hidden_states: (B, N, C), already normalised; extra_key / extra_value: (B, M, inner_dim), already projected.
+    Returns (B, N, C), equal to ``attn(cat([hidden_states, extra_in]))[:, :N]`` where ``extra_key =
+    attn.to_k(extra_in)`` (softmax rows are independent, so the M extra query rows only ever were discarded work).
+    Runs on ``attn``'s own backend (SDPA, xformers or eager); returns None for any other processor, so that the
+    caller takes the concatenated path that processor expects.
+    """
+    backend = _BACKENDS.get(type(attn.processor).__name__)
+    if backend not in ("sdpa", "xformers", "eager") or attn.norm_q is not None or attn.residual_connection:
+        return None
+    query = attn.to_q(hidden_states)
+    key = torch.cat([attn.to_k(hidden_states), extra_key.to(query.dtype)], dim=1)
+    value = torch.cat([attn.to_v(hidden_states), extra_value.to(query.dtype)], dim=1)
+    if backend == "sdpa":
+        query, key, value = (rearrange(t, "b n (h d) -> b h n d", h=attn.heads) for t in (query, key, value))
+        out = rearrange(F.scaled_dot_product_attention(query, key, value), "b h n d -> b n (h d)")
+    elif backend == "xformers":
+        import xformers.ops
+
+        query, key, value = (attn.head_to_batch_dim(t).contiguous() for t in (query, key, value))
+        out = xformers.ops.memory_efficient_attention(query, key, value, op=attn.processor.attention_op, scale=attn.scale)
+        out = attn.batch_to_head_dim(out.to(query.dtype))
+    else:
+        query, key, value = (attn.head_to_batch_dim(t) for t in (query, key, value))
+        out = attn.batch_to_head_dim(torch.bmm(attn.get_attention_scores(query, key, None), value))
+    return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor

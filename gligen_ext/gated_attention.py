@@ -11,6 +11,8 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
+from .attention import attend_with_extra_keys
+
 
 class GatedSelfAttention(nn.Module):
     """Gated self-attention over ``[visual tokens ; projected grounding tokens]``.
@@ -31,17 +33,41 @@ class GatedSelfAttention(nn.Module):
         self.alpha_dense = nn.Parameter(torch.tensor(0.0))
         # adapter weight x scheduled-sampling beta; a float, not an on/off flag (GLIGEN Sec. 3.3)
         self.scale = 1.0
+        self._kv_cache: tuple | None = None  # (key, tokens, keys, values) of the last grounding tokens seen
 
     def forward(self, hidden_states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """hidden_states: (B, N_v, C) visual tokens; tokens: (B, N_g, context_dim). Returns (B, N_v, C)."""
         if self.scale == 0.0:
             return hidden_states
-        n_visual = hidden_states.shape[1]
-        grounding = self.linear(tokens.to(hidden_states.dtype))
-        attended = self.attn(self.norm1(torch.cat([hidden_states, grounding], dim=1)))[:, :n_visual]
+        key, value = self.grounding_keys_values(tokens.to(hidden_states.dtype))
+        attended = attend_with_extra_keys(self.attn, self.norm1(hidden_states), key, value)
+        if attended is None:  # a processor the split path does not know: Eq. 8 as written
+            grounding = self.linear(tokens.to(hidden_states.dtype))
+            n_visual = hidden_states.shape[1]
+            attended = self.attn(self.norm1(torch.cat([hidden_states, grounding], dim=1)))[:, :n_visual]
         hidden_states = hidden_states + self.scale * self.alpha_attn.tanh() * attended
         hidden_states = hidden_states + self.scale * self.alpha_dense.tanh() * self.ff(self.norm2(hidden_states))
         return hidden_states
+
+    def grounding_keys_values(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens: (B, N_g, context_dim) -> the attention's keys and values of the grounding rows, (B, N_g, inner).
+
+        LayerNorm works row by row, so these rows do not depend on the visual tokens: a sampler that passes the
+        same tokens at every step (the position net caches them) gets them computed once per generation. With
+        gradients on (training) they are always recomputed.
+        """
+        if torch.is_grad_enabled():
+            return self._project_grounding(tokens)
+        # parameter versions change on any in-place update, so edited weights never hit a stale entry
+        version = 0 if tokens.is_inference() else tokens._version  # inference tensors keep no counter
+        key = (id(tokens), version, tuple(p._version for p in self.parameters()))
+        if self._kv_cache is None or self._kv_cache[0] != key:
+            self._kv_cache = (key, tokens, *self._project_grounding(tokens))  # holding tokens keeps its id unique
+        return self._kv_cache[2], self._kv_cache[3]
+
+    def _project_grounding(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grounding = self.norm1(self.linear(tokens))
+        return self.attn.to_k(grounding), self.attn.to_v(grounding)
 
 
 class GroundingFuser(nn.Module):
