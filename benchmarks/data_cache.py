@@ -24,18 +24,13 @@ from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from gligen_ext import PhraseEncoder
-from gligen_ext.testing import BOS_ID, EOS_ID, tiny_text_encoder, tiny_tokenizer, tiny_vae
+from gligen_ext.testing import tiny_text_encoder, tiny_tokenizer, tiny_vae
 from training.caching import cache_latents, cache_phrase_embeddings
 from training.data import LayoutExamples, collate_examples
 from training.records import record_features
 
-# stable-diffusion-v1-5/stable-diffusion-v1-5, vae/config.json and text_encoder/config.json (CLIP ViT-L/14 text)
-SD15_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-                block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512, scaling_factor=0.18215)
-CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                   max_position_embeddings=77, vocab_size=49408, projection_dim=768, hidden_act="quick_gelu",
-                   bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
+from .shapes import CLIP_L_TEXT, SD15_VAE
+
 RESOLUTIONS = {"tiny": 64, "sd15": 256}  # the tiny VAE downsamples 2x, so it is meant for small images
 PHRASES = ("person", "dog", "red car", "bicycle", "a wooden chair", "cat", "traffic light", "umbrella", "bench",
            "a tall tree", "horse", "cup", "laptop", "potted plant", "clock", "kite")

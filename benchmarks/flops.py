@@ -18,14 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gligen_ext import add_grounding_adapter, unload_grounding_adapters
 
+from .setups import SETTINGS, all_slots_on
 from .shapes import SD15_UNET
-
-SETTINGS = {
-    "boxes": ["boxes"],
-    "keypoints": ["keypoints"],
-    "depth": ["depth"],
-    "all three": ["boxes", "keypoints", "depth"],
-}
 
 
 def unet_flops(unet: torch.nn.Module, *, latent_size: int, gligen: dict | None = None) -> int:
@@ -38,19 +32,16 @@ def unet_flops(unet: torch.nn.Module, *, latent_size: int, gligen: dict | None =
     return counter.get_total_flops()
 
 
-def flop_floors(*, image_size: int = 512) -> dict[str, float]:
-    """Setting name -> grounded / base FLOPs for an SD-1.5-shaped UNet at ``image_size`` pixels."""
+def flop_floors(*, image_size: int = 512, unet_config: dict = SD15_UNET, latent_factor: int = 8) -> dict[str, float]:
+    """Setting name -> grounded / base FLOPs for a UNet of ``unet_config`` (SD-1.5) at ``image_size`` pixels."""
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**SD15_UNET)
-    latent_size = image_size // 8
+        unet = UNet2DConditionModel(**unet_config)
+    latent_size = image_size // latent_factor
     base = unet_flops(unet, latent_size=latent_size)
     floors = {}
     for name, modalities in SETTINGS.items():
         adapter = add_grounding_adapter(unet, modalities)
-        inputs = {
-            modality: {k: torch.ones(v.shape, device="meta") for k, v in tokenizer.null_inputs(1).items()}
-            for modality, tokenizer in adapter.tokenizers.items()
-        }
+        inputs = all_slots_on(adapter, 1, device="meta")
         floors[name] = unet_flops(unet, latent_size=latent_size, gligen={"default": inputs}) / base
         unload_grounding_adapters(unet)
     return floors
