@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from .cli_common import quiet_libraries
+from .cli_demo import add_demo_command
 from .cli_eval import add_eval_command
 from .cli_generate import add_generate_command
 
@@ -23,58 +22,6 @@ sources (details and the known checkpoints: README, "Existing GLIGEN weights"):
 example:
   gligen-ext convert masterful/gligen-1-4-generation-text-box --out boxes.safetensors --dtype fp16
 """
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """Offline walk-through on tiny components: inject a box adapter, save it, load it, run a grounded forward."""
-    import torch
-
-    from . import (
-        GroundingEncoders,
-        PhraseEncoder,
-        add_grounding_adapter,
-        load_grounding_adapter,
-        prepare_grounding,
-        save_grounding_adapter,
-    )
-    from .testing import tiny_text_encoder, tiny_tokenizer, tiny_unet
-
-    start = time.perf_counter()
-    workdir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gligen-ext-demo-"))
-    tokenizer, text_encoder = tiny_tokenizer(workdir / "tokenizer"), tiny_text_encoder()
-    unet = tiny_unet()
-    base_params = sum(p.numel() for p in unet.parameters())
-    print(f"built a tiny SD UNet from its config: {base_params:,} parameters")
-
-    add_grounding_adapter(unet, "boxes")
-    added = sum(p.numel() for p in unet.parameters()) - base_params
-    trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
-    print(f"injected a box adapter: {added:,} new parameters, {trainable:,} trainable (the base is frozen)")
-
-    path = save_grounding_adapter(unet, workdir / "boxes.safetensors", dtype="fp16")
-    print(f"saved the adapter alone to {path} ({path.stat().st_size / 1024:.0f} KiB, fp16)")
-
-    fresh = tiny_unet()
-    name = load_grounding_adapter(fresh, path)
-    layout = {
-        "boxes": [
-            {"phrase": "a red apple", "box": [0.1, 0.2, 0.45, 0.7]},
-            {"phrase": "a blue cup", "box": [0.55, 0.3, 0.9, 0.8]},
-        ]
-    }
-    encoders = GroundingEncoders(encode_phrases=PhraseEncoder(tokenizer, text_encoder))
-    grounding = prepare_grounding(fresh, layout, encoders, batch_size=1)
-    generator = torch.Generator().manual_seed(0)
-    latents = torch.randn(1, 4, 16, 16, generator=generator)
-    context = text_encoder(tokenizer(["an apple and a cup"], padding="max_length", return_tensors="pt").input_ids)[0]
-    with torch.no_grad():
-        base = tiny_unet()(latents, 500, context).sample
-        grounded = fresh(latents, 500, context, cross_attention_kwargs={"gligen": grounding}).sample
-    print(f"loaded it as adapter {name!r} onto a fresh UNet and ran a forward pass with 2 boxes")
-    print(f"noise prediction {tuple(grounded.shape)}; max |grounded - base| = {(grounded - base).abs().max():.1e}")
-    print("  (0 is expected: a new adapter's gates start closed, so it is an exact identity until trained)")
-    print(f"done in {time.perf_counter() - start:.1f} s; files in {workdir}")
-    return 0
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -112,10 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gligen-ext", description="GLIGEN-style grounding adapters for diffusers Stable Diffusion."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser("demo", help="run the offline demo on tiny components")
-    demo.add_argument("--out", help="folder for the demo's files (default: a temporary folder)")
-    demo.set_defaults(handler=run_demo)
-
+    add_demo_command(commands)
     add_generate_command(commands)
     add_eval_command(commands)
 

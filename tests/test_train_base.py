@@ -131,3 +131,19 @@ def test_config_errors_name_the_key():
         load_base_config(CONFIGS / "shapes_base.yaml", ["--diffusion.prediction_type", "epsilon"])
     config = load_base_config(CONFIGS / "shapes_base.yaml", ["--diffusion.steps=7"])
     assert config.diffusion.steps == 7 and config.unet.block_out_channels == [64, 128]
+
+
+def test_min_snr_weights_clip_the_high_snr_steps_and_keep_the_low_ones():
+    from training.base_config import DiffusionConfig
+    from training.base_model import noise_scheduler
+    from training.train_base import min_snr_weights
+
+    scheduler = noise_scheduler(DiffusionConfig())
+    steps = torch.tensor([0, 500, 999])
+    alpha_bar = scheduler.alphas_cumprod[steps].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    v = min_snr_weights(scheduler, steps, gamma=5.0, prediction_type="v_prediction").double()
+    eps = min_snr_weights(scheduler, steps, gamma=5.0, prediction_type="epsilon").double()
+    assert torch.allclose(v, torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / (snr + 1), rtol=1e-5)
+    assert v[0] < 0.01 and v[2] < 1e-6  # t=0: SNR is huge, clipped to 5; t=T: no signal, nothing to learn
+    assert eps[2] == 1.0 and eps[0] == pytest.approx(5.0 / snr[0].item(), rel=1e-5)

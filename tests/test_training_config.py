@@ -9,8 +9,11 @@ from training_fixtures import CONFIGS
 from training.config import Config, ConfigError, load_config, save_config
 from training.train import parse_args
 
-# tiny: tests only; *_base: base models trained from scratch (training/train_base.py, tests/test_train_base.py)
-REAL_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.stem.endswith(("tiny", "_base")))
+# tiny: tests only; *_base: base models trained from scratch (training/train_base.py, tests/test_train_base.py);
+# shapes_*: the shapes-world adapters, a CPU-sized recipe (training/SHAPES_WORLD.md)
+REAL_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml")
+                      if not p.stem.endswith(("tiny", "_base")) and not p.stem.startswith("shapes_"))
+SHAPES_ADAPTER_CONFIGS = sorted(p for p in CONFIGS.glob("shapes_*.yaml") if p.stem != "shapes_base")
 
 
 def test_configs_folder_has_one_per_modality_and_base():
@@ -30,6 +33,15 @@ def test_every_shipped_config_parses_and_follows_the_gligen_recipe(path):
         assert config.train.caption_drop == 0.5
     elif "boxes" not in config.adapter.modalities:
         assert config.train.caption_drop == 0.0
+
+
+@pytest.mark.parametrize("path", SHAPES_ADAPTER_CONFIGS, ids=lambda p: p.stem)
+def test_shapes_world_adapter_configs_parse_and_train_on_the_shapes_base(path):
+    config = load_config(path)
+    assert config.model.pretrained == "runs/shapes_base/model" and config.data.resolution == 64
+    assert config.train.grounding_drop == 0.1 and config.data.flip_prob == 0.0
+    assert config.train.caption_drop == (0.5 if "boxes" in config.adapter.modalities else 0.0)
+    assert config.train.output_dir == f"runs/{path.stem}"
 
 
 @pytest.mark.parametrize("name", ["tiny", "points_tiny"])

@@ -90,6 +90,9 @@ class DiffusionConfig:
     prediction_type: str = "v_prediction"
     ema_decay: float = 0.999  # 0 turns EMA off; samples and the saved model use the EMA weights
     ema_warmup: bool = True  # diffusers' EMA warm-up: the decay grows with the steps, so early EMA is not stale
+    # Min-SNR-gamma loss weighting (arXiv 2303.09556, gamma 5 there): high-SNR steps stop dominating the gradient,
+    # which the paper measured as ~3x faster convergence; None keeps the plain MSE of DDPM
+    snr_gamma: float | None = None
 
 
 @dataclass

@@ -234,7 +234,11 @@ def train_diffusion(config: BaseConfig, vae: AutoencoderKL, images: torch.Tensor
         hidden = text_encoder(ids.to(device))[0]
         prediction = unet(noisy, timesteps.to(device), hidden).sample
         target = scheduler.get_velocity(clean, noise, timesteps) if recipe.prediction_type == "v_prediction" else noise
-        return F.mse_loss(prediction.float(), target.to(device))
+        if recipe.snr_gamma is None:
+            return F.mse_loss(prediction.float(), target.to(device))
+        per_example = (prediction.float() - target.to(device)).pow(2).mean(dim=(1, 2, 3))
+        return (per_example * min_snr_weights(scheduler, timesteps, gamma=recipe.snr_gamma,
+                                              prediction_type=recipe.prediction_type).to(device)).mean()
 
     def after_step(step: int) -> None:
         if config.log.sample_every and step % config.log.sample_every == 0 and heldout_captions:
@@ -245,6 +249,16 @@ def train_diffusion(config: BaseConfig, vae: AutoencoderKL, images: torch.Tensor
     if heldout_captions and config.log.sample_every and recipe.steps % config.log.sample_every:
         _evaluate(stage, pipe, heldout_captions, out=out, step=recipe.steps, config=config)
     return stage, pipe
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, *, gamma: float, prediction_type: str) -> torch.Tensor:
+    """(B,) Min-SNR-gamma loss weights (arXiv 2303.09556) for ``timesteps`` (B,): min(SNR, gamma) / SNR for an
+    epsilon target, min(SNR, gamma) / (SNR + 1) for a v target (the weights that make both the clipped x0 loss)."""
+    alpha_bar = scheduler.alphas_cumprod[timesteps].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    if prediction_type == "v_prediction":
+        return (snr.clamp(max=gamma) / (snr + 1)).float()
+    return (gamma / snr).clamp(max=1.0).float()  # also where the SNR underflows to 0
 
 
 def _evaluate(stage: Stage, pipe, captions: list[str], *, out: Path, step: int, config: BaseConfig) -> None:
