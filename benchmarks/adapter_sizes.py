@@ -9,15 +9,26 @@ import json
 import tempfile
 from pathlib import Path
 
+from torch import nn
+
 from gligen_ext import GatedSelfAttention, add_grounding_adapter, save_grounding_adapter, unload_grounding_adapters
 
 from .shapes import sd15_unet
 
 CASES = {"boxes": ["boxes"], "depth": ["depth"], "boxes+keypoints+depth": ["boxes", "keypoints", "depth"]}
+# published SD-1.x file sizes in bytes: GLIGEN's official checkpoints (the whole model, fp32), ControlNet (the
+# fp16 release), T2I-Adapter (the depth/sketch adapters, fp16)
+REFERENCE_BYTES = {
+    "GLIGEN official box-text": 6.78e9,
+    "GLIGEN official depth": 7.11e9,
+    "ControlNet fp16": 723e6,
+    "T2I-Adapter": 158e6,
+}
 
 
-def measure() -> dict:
-    unet = sd15_unet()
+def measure(unet: nn.Module | None = None) -> dict:
+    """Adapter name -> parameter counts and fp16 file size, on ``unet`` (default: SD-1.5-shaped)."""
+    unet = sd15_unet() if unet is None else unet
     results: dict = {}
     with tempfile.TemporaryDirectory() as folder:
         for label, modalities in CASES.items():

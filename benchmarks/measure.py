@@ -6,6 +6,7 @@ machine falls on all of them alike; a ratio is taken per round and reported as i
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import statistics
@@ -63,9 +64,22 @@ def ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> Sp
     return Spread.of([a / b for a, b in zip(times[numerator], times[denominator])])
 
 
+def pin_cpu_allocator() -> bool:
+    """Make glibc return every large freed block to the operating system at once (a fixed mmap threshold), so that
+    the resident set size follows live tensors and each CPU peak-memory figure is not hidden by memory an earlier
+    run left in the heap. Call once, before any timing, so every variant runs under the same allocator."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: the figures then depend on the order of measurement
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 17)) and bool(libc.mallopt(m_trim_threshold, 1 << 17))
+
+
 def peak_memory(fn: Callable[[], object], *, device: torch.device) -> int:
     """Bytes of memory ``fn`` needs above what was held before it: CUDA's allocator peak, or on a CPU the peak
-    resident set size sampled every millisecond (what the operating system had to provide)."""
+    resident set size sampled every millisecond (what the operating system had to provide; see
+    :func:`pin_cpu_allocator`)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -40,6 +40,8 @@ class Setup:
     generation_size: int  # pixels, whole generations
     train_size: int  # pixels, training steps
     generation_steps: int = 20
+    step_batch: int = 2  # per-step UNet timings: the doubled batch of one image with classifier-free guidance
+    train_batch: int = 1
     warmup: int = 1
     rounds: int = 3  # per-step and training timings
     generation_rounds: int = 2
@@ -57,7 +59,7 @@ def setup_for(*, quick: bool, device: torch.device) -> Setup:
                      generation_size=32, train_size=32, generation_steps=4, warmup=1, rounds=2, generation_rounds=2)
     if device.type == "cuda":
         return Setup("sd15", dict(SD15_UNET), sd15_components, latent_factor=8, step_size=512, generation_size=512,
-                     train_size=512, warmup=3, rounds=10, generation_rounds=3)
+                     train_size=512, train_batch=4, warmup=3, rounds=10, generation_rounds=3)
     return Setup("sd15", dict(SD15_UNET), sd15_components, latent_factor=8, step_size=512, generation_size=256,
                  train_size=256)
 

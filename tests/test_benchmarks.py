@@ -1,0 +1,42 @@
+"""The benchmark suite stays runnable: ``python -m benchmarks.run --quick`` on tiny models, in-process.
+
+Only the shape of the result is checked; no figure is ever asserted (timings belong to benchmarks, not tests).
+"""
+
+import json
+
+from benchmarks.run import SECTIONS, main
+
+
+def test_quick_run_writes_every_section(tmp_path):
+    out, doc = tmp_path / "cpu-quick.json", tmp_path / "performance.md"
+    assert main(["--quick", "--out", str(out), "--doc", str(doc)]) == 0
+    results = json.loads(out.read_text())
+    assert results["quick"] is True and results["device"] == "cpu" and results["setup"] == "tiny"
+    assert {"date", "torch", "diffusers", "platform"} <= set(results["machine"])
+    assert set(SECTIONS) <= set(results)
+    assert results["cuda"] == {"skipped": "runs only with --device cuda"}
+    step = results["unet_step"]
+    assert {"base_step_s", "settings"} <= set(step)
+    assert set(step["settings"]) == {"boxes", "keypoints", "depth", "all three"}
+    for row in step["settings"].values():
+        assert {"step_s", "ratio", "flop_floor"} <= set(row)
+        assert {"median", "low", "high", "runs"} == set(row["ratio"])
+    assert {"time_ratio", "memory_ratio", "peak_memory_bytes", "max_abs_difference"} <= set(
+        results["versus_diffusers_step"]
+    )
+    generation = results["generation"]
+    assert set(generation["grounded_over_base"]) == {"beta 0.3", "beta 1.0"}
+    assert {"time_ratio", "memory_ratio"} <= set(generation["versus_diffusers"])
+    assert {"time_ratio", "memory_ratio"} <= set(results["training_step"])
+    assert {"speedup", "cached_epoch_s", "uncached_epoch_s"} <= set(results["data_cache"])
+    assert "fp16_file_bytes" in results["adapter_files"]["adapters"]["boxes"]
+    page = doc.read_text()
+    assert "Quick run" in page and "Targets (issue 7)" in page
+
+
+def test_sections_subset(tmp_path):
+    out = tmp_path / "subset.json"
+    assert main(["--quick", "--sections", "adapter_files", "--out", str(out), "--doc", str(tmp_path / "p.md")]) == 0
+    results = json.loads(out.read_text())
+    assert "adapter_files" in results and "unet_step" not in results
