@@ -233,9 +233,13 @@ def _ensure_grounding_scaffold(unet: nn.Module) -> GroundingPositionNet:
 
 
 def _remember_grounding_inputs(position_net: GroundingPositionNet, unet: nn.Module, args: tuple, kwargs: dict) -> None:
-    # conv_in runs before diffusers calls position_net, so the spatial residual reads the inputs from here
-    bound = inspect.signature(unet.forward).bind_partial(*args, **kwargs).arguments
-    cross_attention_kwargs = bound.get("cross_attention_kwargs") or {}
+    # conv_in runs before diffusers calls position_net, so the spatial residual reads the inputs from here.
+    # Pipelines pass it by keyword; binding the signature (about 0.1 ms a step) is only needed for positional calls.
+    if "cross_attention_kwargs" in kwargs:
+        cross_attention_kwargs = kwargs["cross_attention_kwargs"] or {}
+    else:
+        bound = inspect.signature(unet.forward).bind_partial(*args, **kwargs).arguments
+        cross_attention_kwargs = bound.get("cross_attention_kwargs") or {}
     position_net.pending_inputs = cross_attention_kwargs.get("gligen")
 
 
