@@ -63,7 +63,9 @@ def unet_step(r: dict) -> str:
     rows += [[name, seconds(row["step_s"]), spread(row["ratio"]), f"{row['flop_floor']:.3f}"]
              for name, row in r["settings"].items()]
     return (f"### Per-step UNet, grounded ÷ base\n\n{r['image_size']}², batch {r['batch']} (one image with CFG), "
-            "every token slot in use, gates on.\n\n"
+            "every token slot in use, gates on. The floor counts the tokenizers and the gated layers' projections of "
+            "the grounding tokens at every step; gligen-ext computes those once per generation, so a ratio can fall "
+            "below it.\n\n"
             + table(["setting", "step", "grounded ÷ base", "FLOP floor"], rows))
 
 
