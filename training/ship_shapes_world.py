@@ -41,7 +41,9 @@ def ship_base(run: Path, out: Path) -> dict:
     shutil.rmtree(target, ignore_errors=True)
     pipe.save_pretrained(target, safe_serialization=True)
     config = yaml.safe_load((run / "model" / "train_base_config.yaml").read_text(encoding="utf-8"))
-    fidelity = [json.loads(line) for line in (run / "fidelity.jsonl").read_text().splitlines() if line.strip()]
+    scores = run / "fidelity.jsonl"  # absent when the run sampled nothing (log.sample_every 0)
+    lines = scores.read_text(encoding="utf-8").splitlines() if scores.is_file() else []
+    fidelity = [json.loads(line) for line in lines if line.strip()]
     files = sorted(p for p in target.rglob("*") if p.is_file())
     return {
         "made_by": "python -m training.train_base --config configs/shapes_base.yaml",
