@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -38,8 +39,10 @@ def write_layout_file(layout: dict, folder: Path) -> Path:
 def run_demo(args: argparse.Namespace) -> int:
     """Load the shipped base and an adapter, generate the layout (default: a held-out scene), save image + overlay."""
     import torch
+    from diffusers.utils import logging as diffusers_logging
     from PIL import Image
 
+    from .adapters import read_adapter_config
     from .cli_common import load_base
     from .layout import parse_layout
     from .shapes_world.evaluate import full_layout, heldout_scene
@@ -49,11 +52,13 @@ def run_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = Path(args.out)
     adapter = adapter_file(args.adapter)  # fails fast, before anything is loaded
+    diffusers_logging.disable_progress_bar()  # loading bars for a model that loads in a second
     pipe = load_base(str(base_folder()), torch.float32)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     scene = heldout_scene(DEMO_SCENE, size=size)
     layout_path = Path(args.layout) if args.layout else write_layout_file(full_layout(scene), out)
     layout = parse_layout(layout_path, width=size, height=size)
+    layout, ignored = only_modalities(layout, read_adapter_config(adapter)["modalities"])
     prompt = args.prompt if args.prompt is not None else scene.caption if not args.layout else _caption(layout)
     pipe.load_grounding_adapter(adapter, adapter_name=args.adapter)
     pipe.set_progress_bar_config(disable=True)
@@ -69,11 +74,24 @@ def run_demo(args: argparse.Namespace) -> int:
     big.save(image_path)
     overlay_layout(big, layout).save(overlay_path)
     print(f"prompt: {prompt!r}; layout: {layout_path}; adapter: {args.adapter} ({adapter.name})")
+    if ignored:
+        print(f"the {args.adapter} adapter does not read the layout's {', '.join(ignored)}; left out")
     print(f"generated {size}x{size} in {time.perf_counter() - loaded:.1f} s ({args.steps} steps, CPU); "
           f"{time.perf_counter() - start:.1f} s in all")
     print(image_path)
     print(overlay_path)
     return 0
+
+
+def only_modalities(layout, modalities: list[str]):
+    """(the layout without what an adapter of ``modalities`` cannot read, the names of what was left out)."""
+    ignored = [name for name, present in (("boxes", layout.boxes), ("keypoints", layout.keypoints)) if present
+               and name not in modalities] + [name for name in layout.maps if name not in modalities]
+    kept = dataclasses.replace(
+        layout, boxes=layout.boxes if "boxes" in modalities else [],
+        keypoints=layout.keypoints if "keypoints" in modalities else [],
+        maps={name: value for name, value in layout.maps.items() if name in modalities})
+    return kept, ignored
 
 
 def _caption(layout) -> str:
