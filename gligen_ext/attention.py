@@ -83,7 +83,8 @@ def attend_with_extra_keys(
         import xformers.ops
 
         query, key, value = (attn.head_to_batch_dim(t).contiguous() for t in (query, key, value))
-        out = xformers.ops.memory_efficient_attention(query, key, value, op=attn.processor.attention_op, scale=attn.scale)
+        out = xformers.ops.memory_efficient_attention(query, key, value, op=attn.processor.attention_op,
+                                                      scale=attn.scale)
         out = attn.batch_to_head_dim(out.to(query.dtype))
     else:
         query, key, value = (attn.head_to_batch_dim(t) for t in (query, key, value))
