@@ -38,7 +38,7 @@ def test_every_shipped_config_parses_and_follows_the_gligen_recipe(path):
 @pytest.mark.parametrize("path", SHAPES_ADAPTER_CONFIGS, ids=lambda p: p.stem)
 def test_shapes_world_adapter_configs_parse_and_train_on_the_shapes_base(path):
     config = load_config(path)
-    assert config.model.pretrained == "runs/shapes_base/model" and config.data.resolution == 64
+    assert config.model.pretrained == "gligen_ext/shapes_world/weights/base" and config.data.resolution == 64
     assert config.train.grounding_drop == 0.1 and config.data.flip_prob == 0.0
     assert config.train.caption_drop == (0.5 if "boxes" in config.adapter.modalities else 0.0)
     assert config.train.output_dir == f"runs/{path.stem}"

@@ -1,8 +1,7 @@
 """Copy finished shapes-world runs into the package as fp16 files, with a manifest of how each was made.
 
-    python -m training.ship_shapes_world --base runs/shapes_base \\
-        --adapter boxes=runs/shapes_boxes --adapter keypoints=runs/shapes_keypoints \\
-        --adapter depth=runs/shapes_depth --adapter multi=runs/shapes_multi
+    python -m training.ship_shapes_world --base runs/shapes_base          # first the base: adapters train on it
+    python -m training.ship_shapes_world --adapter multi=runs/shapes_multi --adapter boxes=runs/shapes_boxes
 
 The base folder is ``train_base``'s ``output_dir`` (its ``model`` is shipped, its ``fidelity.jsonl`` scores are
 recorded); each adapter folder is a ``train.py`` ``output_dir``. Everything lands in
@@ -23,7 +22,7 @@ import yaml
 from safetensors import safe_open
 
 from gligen_ext.adapters import ADAPTER_WEIGHTS_NAME, METADATA_KEY, write_safetensors
-from gligen_ext.shapes_world.shipped import ADAPTER_NAMES, MANIFEST_NAME, WEIGHTS_DIR
+from gligen_ext.shapes_world.shipped import ADAPTER_NAMES, MANIFEST_NAME, WEIGHTS_DIR, read_manifest
 
 from .checkpoints import CONFIG_NAME
 
@@ -81,7 +80,8 @@ def ship_adapter(name: str, run: Path, out: Path) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", required=True, help="train_base output_dir (holds model/ and fidelity.jsonl)")
+    parser.add_argument("--base", help="train_base output_dir (holds model/ and fidelity.jsonl); without it the "
+                        "shipped base stays and only the given adapters are replaced")
     parser.add_argument("--adapter", action="append", default=[], help="NAME=RUN_DIR, NAME one of " +
                         ", ".join(ADAPTER_NAMES))
     parser.add_argument("--out", default=str(WEIGHTS_DIR), help="weights folder (default: the package's)")
@@ -93,14 +93,18 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if unknown:
         raise SystemExit(f"--adapter: {unknown} are not shipped names; use {', '.join(ADAPTER_NAMES)}")
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"base": ship_base(Path(args.base), out),
-                "adapters": {name: ship_adapter(name, Path(run), out) for name, run in adapters.items()}}
+    manifest = read_manifest(out) if (out / MANIFEST_NAME).is_file() else {"adapters": {}}
+    if args.base:
+        manifest["base"] = ship_base(Path(args.base), out)
+    elif "base" not in manifest:
+        raise SystemExit(f"--base: '{out}' has no shipped base yet; give the train_base output_dir")
+    manifest["adapters"].update({name: ship_adapter(name, Path(run), out) for name, run in adapters.items()})
     total = manifest["base"]["bytes"] + sum(entry["bytes"] for entry in manifest["adapters"].values())
     manifest["total_bytes"] = total
     if total > args.max_mb * 1e6:
         raise SystemExit(f"{total / 1e6:.1f} MB shipped is over --max-mb {args.max_mb}")
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    print(f"{out}: {total / 1e6:.1f} MB ({', '.join(['base', *adapters])})")
+    print(f"{out}: {total / 1e6:.1f} MB (base, adapters: {', '.join(manifest['adapters']) or 'none'})")
     return out
 
 

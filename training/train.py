@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     for module, dtype in ((parts.text_encoder, weight_dtype), (parts.text_encoder_2, weight_dtype),
                           (parts.unet, weight_dtype), (parts.vae, vae_dtype)):
         if module is not None:
-            module.to(accelerator.device, **({} if dtype == torch.float32 else {"dtype": dtype}))
+            module.to(accelerator.device, dtype=dtype)  # also up-casts a base saved in fp16 for an fp32 run
     cast_training_params(parts.unet, dtype=torch.float32)
     logger.info("attention backend: %s", enable_best_attention(parts.unet))
 
