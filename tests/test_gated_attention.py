@@ -25,7 +25,8 @@ def eq8_as_written(layer: GatedSelfAttention, visual: torch.Tensor, tokens: torc
     return visual + layer.scale * layer.alpha_dense.tanh() * layer.ff(layer.norm2(visual))
 
 
-@pytest.mark.parametrize("processor", [AttnProcessor2_0(), AttnProcessor(), SlicedAttnProcessor(2)], ids=str)
+@pytest.mark.parametrize("processor", [AttnProcessor2_0(), AttnProcessor(), SlicedAttnProcessor(2)],
+                         ids=lambda processor: type(processor).__name__)  # addresses differ between xdist workers
 def test_split_query_attention_equals_concatenated(processor):
     layer = opened_layer(processor)
     visual, tokens = torch.randn(2, 20, 32), torch.randn(2, 5, 24)
