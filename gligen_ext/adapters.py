@@ -89,11 +89,18 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata={"format": "pt", **metadata})
+        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes 0600; an adapter file is shared like any other
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def adapter_config(unet: nn.Module, adapter_name: str) -> dict[str, Any]:

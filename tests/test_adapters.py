@@ -1,6 +1,8 @@
 """Adapter files: adapter-only contents, exact round trips, and clear errors for bad files."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -175,3 +177,13 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
         save_grounding_adapter(source, path)
     assert path.read_bytes() == original
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_saved_file_has_the_umask_mode_like_any_new_file(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = save_grounding_adapter(trained(("boxes",)), tmp_path / "a.safetensors")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
