@@ -104,7 +104,10 @@ def run(*, quick: bool, device: torch.device, sections: list[str]) -> dict:
 def write_doc(path: Path, results_folder: Path, current: dict) -> None:
     """Render the page from every full result file, plus ``current`` (a quick run renders only itself)."""
     documents = {} if current["quick"] else {
-        p.stem: json.loads(p.read_text()) for p in sorted(results_folder.glob("*.json")) if "-quick" not in p.stem
+        # one file per device; other benchmarks (grounding.json) share the folder
+        file.stem: json.loads(file.read_text())
+        for file in (results_folder / f"{device}.json" for device in ("cpu", "cuda"))
+        if file.is_file()
     }
     documents[current["device"] + ("-quick" if current["quick"] else "")] = current
     path.parent.mkdir(parents=True, exist_ok=True)
