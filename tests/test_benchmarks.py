@@ -4,8 +4,9 @@ Only the shape of the result is checked; no figure is ever asserted (timings bel
 """
 
 import json
+from pathlib import Path
 
-from benchmarks.run import SECTIONS, main
+from benchmarks.run import SECTIONS, main, write_doc
 
 
 def test_quick_run_writes_every_section(tmp_path):
@@ -40,3 +41,12 @@ def test_sections_subset(tmp_path):
     assert main(["--quick", "--sections", "adapter_files", "--out", str(out), "--doc", str(tmp_path / "p.md")]) == 0
     results = json.loads(out.read_text())
     assert "adapter_files" in results and "unet_step" not in results
+
+
+def test_full_page_reads_only_the_device_result_files(tmp_path):
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cpu.json"
+    cpu = json.loads(committed.read_text())
+    (tmp_path / "cpu.json").write_text(json.dumps(cpu))
+    (tmp_path / "grounding.json").write_text(json.dumps({"settings": []}))  # another benchmark's results
+    write_doc(tmp_path / "performance.md", tmp_path, cpu)
+    assert "## cpu" in (tmp_path / "performance.md").read_text()
