@@ -107,6 +107,7 @@ def adapter_config(unet: nn.Module, adapter_name: str) -> dict[str, Any]:
     """The JSON-serialisable description stored in an adapter file's metadata."""
     adapter = grounding_adapters(unet)[adapter_name]
     first = next(iter(adapter.tokenizers.values()))
+    first_layer = next(layer for _, layer in adapter_parts(unet, adapter_name))
     return {
         "format_version": FORMAT_VERSION,
         "library": f"gligen-ext {__version__}",
@@ -120,6 +121,8 @@ def adapter_config(unet: nn.Module, adapter_name: str) -> dict[str, Any]:
             "conv_in_channels": first.dims.conv_in_channels,
         },
         "base": unet_fingerprint(unet),
+        # absent from files of earlier versions and from converted GLIGEN weights: GLIGEN's layer, no positions
+        "visual_position_freqs": first_layer.position_freqs,
     }
 
 
@@ -157,6 +160,7 @@ def load_grounding_adapter(
             positive_len=config["dims"]["positive_len"],
             weight=weight,
             tokenizer_options={m: spec["options"] for m, spec in config["modalities"].items()},
+            visual_position_freqs=config.get("visual_position_freqs", 0),
         )
         try:
             _copy_weights(handle, adapter_parameters(unet, name), path)

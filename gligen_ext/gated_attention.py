@@ -12,6 +12,7 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from .attention import attend_with_extra_keys
+from .tokenizers import fourier_embed
 
 
 class GatedSelfAttention(nn.Module):
@@ -20,10 +21,16 @@ class GatedSelfAttention(nn.Module):
     ``v <- v + s * tanh(alpha_attn) * SelfAttn(LN([v ; W g]))[:, :N_v]`` then
     ``v <- v + s * tanh(alpha_dense) * FF(LN(v))``, where ``s = weight * beta`` is set by the injection code.
     Both alphas start at 0, so a fresh layer is an exact identity.
+
+    ``position_freqs > 0`` (off in GLIGEN) adds ``P fourier(x, y)`` of each visual token's place on the latent grid to
+    its normalised features before the attention, so that a token can tell whether it lies inside a grounding box
+    even when the base UNet's features carry little absolute position (small or shallow UNets; SD's do not need it).
     """
 
-    def __init__(self, *, query_dim: int, context_dim: int, heads: int, dim_head: int) -> None:
+    def __init__(self, *, query_dim: int, context_dim: int, heads: int, dim_head: int, position_freqs: int = 0) -> None:
         super().__init__()
+        self.position_freqs = position_freqs
+        self.visual_position = nn.Linear(position_freqs * 2 * 2, query_dim) if position_freqs else None
         self.linear = nn.Linear(context_dim, query_dim)
         self.attn = Attention(query_dim=query_dim, heads=heads, dim_head=dim_head)
         self.ff = FeedForward(query_dim, activation_fn="geglu")
@@ -35,19 +42,36 @@ class GatedSelfAttention(nn.Module):
         self.scale = 1.0
         self._kv_cache: tuple | None = None  # (key, tokens, keys, values) of the last grounding tokens seen
 
-    def forward(self, hidden_states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """hidden_states: (B, N_v, C) visual tokens; tokens: (B, N_g, context_dim). Returns (B, N_v, C)."""
+    def forward(
+        self, hidden_states: torch.Tensor, tokens: torch.Tensor, *, latent_size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """hidden_states: (B, N_v, C) visual tokens; tokens: (B, N_g, context_dim). Returns (B, N_v, C).
+
+        ``latent_size`` is the UNet input's (H, W), which places the visual tokens of any level on their grid; it is
+        only read with ``position_freqs`` (without it the grid is taken to be square).
+        """
         if self.scale == 0.0:
             return hidden_states
+        visual = self.norm1(hidden_states)
+        if self.visual_position is not None:
+            visual = visual + self.visual_position(self._grid_features(hidden_states, latent_size))
         key, value = self.grounding_keys_values(tokens.to(hidden_states.dtype))
-        attended = attend_with_extra_keys(self.attn, self.norm1(hidden_states), key, value)
+        attended = attend_with_extra_keys(self.attn, visual, key, value)
         if attended is None:  # a processor the split path does not know: Eq. 8 as written
-            grounding = self.linear(tokens.to(hidden_states.dtype))
-            n_visual = hidden_states.shape[1]
-            attended = self.attn(self.norm1(torch.cat([hidden_states, grounding], dim=1)))[:, :n_visual]
+            grounding = self.norm1(self.linear(tokens.to(hidden_states.dtype)))
+            attended = self.attn(torch.cat([visual, grounding], dim=1))[:, : visual.shape[1]]
         hidden_states = hidden_states + self.scale * self.alpha_attn.tanh() * attended
         hidden_states = hidden_states + self.scale * self.alpha_dense.tanh() * self.ff(self.norm2(hidden_states))
         return hidden_states
+
+    def _grid_features(self, hidden_states: torch.Tensor, latent_size: tuple[int, int] | None) -> torch.Tensor:
+        """Fourier features of each visual token's cell centre, (N_v, 4 * position_freqs), x and y in [0, 1]."""
+        height, width = visual_grid(hidden_states.shape[1], latent_size)
+        ys = (torch.arange(height, device=hidden_states.device, dtype=hidden_states.dtype) + 0.5) / height
+        xs = (torch.arange(width, device=hidden_states.device, dtype=hidden_states.dtype) + 0.5) / width
+        # row-major, as diffusers' Transformer2DModel flattens (B, C, H, W) into (B, H * W, C)
+        centres = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
+        return fourier_embed(centres, num_freqs=self.position_freqs)
 
     def grounding_keys_values(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens: (B, N_g, context_dim) -> the attention's keys and values of the grounding rows, (B, N_g, inner).
@@ -70,6 +94,24 @@ class GatedSelfAttention(nn.Module):
         return self.attn.to_k(grounding), self.attn.to_v(grounding)
 
 
+def visual_grid(num_tokens: int, latent_size: tuple[int, int] | None) -> tuple[int, int]:
+    """(h, w) of a UNet level holding ``num_tokens`` visual tokens, for an input latent of ``latent_size`` (H, W).
+
+    Each downsampling halves a side, rounding up (stride-2 convolution with padding 1).
+    """
+    if latent_size is None:
+        side = round(num_tokens**0.5)
+        if side * side != num_tokens:
+            raise ValueError(f"{num_tokens} visual tokens are not a square grid; pass latent_size")
+        return side, side
+    height, width = int(latent_size[0]), int(latent_size[1])
+    while height * width > num_tokens:
+        height, width = -(-height // 2), -(-width // 2)
+    if height * width != num_tokens:
+        raise ValueError(f"{num_tokens} visual tokens match no level of a {latent_size[0]}x{latent_size[1]} latent")
+    return height, width
+
+
 class GroundingFuser(nn.Module):
     """What a transformer block calls as ``self.fuser``: one :class:`GatedSelfAttention` per loaded adapter.
 
@@ -82,8 +124,9 @@ class GroundingFuser(nn.Module):
         self.layers = nn.ModuleDict()
 
     def forward(self, hidden_states: torch.Tensor, tokens_by_adapter: dict[str, torch.Tensor]) -> torch.Tensor:
+        latent_size = getattr(tokens_by_adapter, "latent_size", None)  # set by the position net (GroundingTokens)
         for name, layer in self.layers.items():
             tokens = tokens_by_adapter.get(name)
             if tokens is not None:
-                hidden_states = layer(hidden_states, tokens)
+                hidden_states = layer(hidden_states, tokens, latent_size=latent_size)
         return hidden_states

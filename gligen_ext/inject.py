@@ -74,11 +74,14 @@ def add_grounding_adapter(
     positive_len: int | None = None,
     weight: float = 1.0,
     tokenizer_options: dict[str, dict[str, Any]] | None = None,
+    visual_position_freqs: int = 0,
 ) -> AdapterTokenizers:
     """Inject a new, identity-initialised grounding adapter and freeze every base parameter.
 
     Adds one :class:`GatedSelfAttention` to every transformer block and one tokenizer per modality. Several adapters
-    can be added under different names; they stack. Returns the adapter's tokenizer module.
+    can be added under different names; they stack. ``visual_position_freqs > 0`` gives the gated layers Fourier
+    features of each visual token's grid position (see :class:`GatedSelfAttention`; 0, GLIGEN's layer, for SD).
+    Returns the adapter's tokenizer module.
     """
     modalities = [modalities] if isinstance(modalities, str) else list(modalities)
     if not modalities or len(set(modalities)) != len(modalities):
@@ -103,6 +106,7 @@ def add_grounding_adapter(
             context_dim=dims.token_dim,
             heads=block.attn1.heads,
             dim_head=block.attn1.inner_dim // block.attn1.heads,
+            position_freqs=visual_position_freqs,
         )
         block.fuser.layers[adapter_name] = layer.to(parameter.device, parameter.dtype)
     set_grounding_scale(unet, adapter_name)
@@ -246,6 +250,7 @@ def _remember_grounding_inputs(position_net: GroundingPositionNet, unet: nn.Modu
 def _add_conv_in_residuals(
     position_net: GroundingPositionNet, conv_in: nn.Module, args: tuple, output: torch.Tensor
 ) -> torch.Tensor:
+    position_net.latent_size = tuple(args[0].shape[-2:])
     pending = position_net.pending_inputs
     if not pending:
         return output
@@ -262,4 +267,4 @@ def _add_conv_in_residuals(
 
 
 def _forget_grounding_inputs(position_net: GroundingPositionNet, unet: nn.Module, args: tuple, output: Any) -> None:
-    position_net.pending_inputs = None
+    position_net.pending_inputs = position_net.latent_size = None

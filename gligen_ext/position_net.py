@@ -47,6 +47,13 @@ class AdapterTokenizers(nn.Module):
         return torch.cat(tokens, dim=1)
 
 
+class GroundingTokens(dict):
+    """adapter name -> grounding tokens (B, N, token_dim), plus ``latent_size``: the UNet input's (H, W), which
+    places the visual tokens of every level on their grid (read by gated layers with visual positions)."""
+
+    latent_size: tuple[int, int] | None = None
+
+
 class GroundingPositionNet(nn.Module):
     """What the UNet calls as ``self.position_net(**gligen)``: adapter name -> that adapter's grounding tokens."""
 
@@ -55,11 +62,13 @@ class GroundingPositionNet(nn.Module):
         self.adapters = nn.ModuleDict()
         self.hook_handles: list[Any] = []
         self.pending_inputs: dict[str, Any] | None = None
+        self.latent_size: tuple[int, int] | None = None  # of the current UNet call, recorded at conv_in
         self.token_cache: dict[str, tuple] = {}
         self.original_requires_grad: dict[str, bool] = {}
 
-    def forward(self, **inputs_by_adapter: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        tokens = {}
+    def forward(self, **inputs_by_adapter: dict[str, dict[str, torch.Tensor]]) -> GroundingTokens:
+        tokens = GroundingTokens()
+        tokens.latent_size = self.latent_size
         for name, inputs in inputs_by_adapter.items():
             adapter = self.adapters[name] if name in self.adapters else None
             # an adapter at scale 0 does no work at all: its fusers find no tokens and return their input

@@ -27,9 +27,9 @@ from gligen_ext.testing import tiny_unet
 LAYOUT = {"boxes": [{"phrase": "a cat", "box": [0.1, 0.2, 0.6, 0.9]}], "depth": torch.rand(32, 32)}
 
 
-def trained(modalities=("boxes", "depth"), seed=0):
+def trained(modalities=("boxes", "depth"), seed=0, **options):
     unet = tiny_unet()
-    add_grounding_adapter(unet, list(modalities))
+    add_grounding_adapter(unet, list(modalities), **options)
     open_gates(unet, 0.7)
     randomize(unet.position_net, seed)
     for module in unet.modules():
@@ -67,6 +67,26 @@ def test_round_trip_is_exact_and_file_holds_only_adapter_weights(tmp_path, unet_
     for key, param in adapter_parameters(target, name).items():
         assert torch.equal(param, adapter_parameters(source, "default")[key]), key
     assert torch.equal(run(target, unet_inputs, encoders), run(source, unet_inputs, encoders))
+
+
+def test_visual_positions_round_trip_and_follow_a_non_square_latent(tmp_path, encoders):
+    source = trained(("boxes",), visual_position_freqs=4)
+    path = save_grounding_adapter(source, tmp_path, dtype="fp32")
+    assert read_adapter_config(path)["visual_position_freqs"] == 4
+    target = tiny_unet()
+    load_grounding_adapter(target, path)
+    assert any(k.endswith("fuser.visual_position.weight") for k in adapter_parameters(target, "default"))
+    torch.manual_seed(0)
+    sample, context = torch.randn(1, 4, 16, 24), torch.randn(1, 8, 32)  # non-square: levels 16x24 and 8x12
+    layout = {"boxes": [{"phrase": "a cat", "box": [0.1, 0.2, 0.6, 0.9]}]}
+    outputs = []
+    for unet in (source, target):
+        grounding = prepare_grounding(unet, layout, encoders, batch_size=1)
+        with torch.no_grad():
+            outputs.append(unet(sample, 10, context, cross_attention_kwargs={"gligen": grounding}).sample)
+    assert torch.equal(*outputs)
+    assert read_adapter_config(save_grounding_adapter(trained(("boxes",)), tmp_path / "plain"))[
+        "visual_position_freqs"] == 0
 
 
 def test_single_modality_keys_equal_diffusers_names(tmp_path):

@@ -5,6 +5,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor
 
 from gligen_ext import GatedSelfAttention
+from gligen_ext.gated_attention import visual_grid
 
 
 def opened_layer(processor) -> GatedSelfAttention:
@@ -58,3 +59,36 @@ def test_inference_mode_tokens():
     with torch.inference_mode():
         visual, tokens = torch.randn(1, 16, 32), torch.randn(1, 3, 24)
         torch.testing.assert_close(layer(visual, tokens), eq8_as_written(layer, visual, tokens), rtol=0, atol=1e-5)
+
+
+def test_visual_grid_follows_the_unet_levels():
+    assert visual_grid(16 * 24, (16, 24)) == (16, 24)
+    assert visual_grid(8 * 12, (16, 24)) == (8, 12)
+    assert visual_grid(3 * 4, (9, 13)) == (3, 4)  # 9x13 -> 5x7 -> 3x4: each level rounds up
+    assert visual_grid(64, None) == (8, 8)
+    with pytest.raises(ValueError, match="latent_size"):
+        visual_grid(8 * 12, None)
+    with pytest.raises(ValueError, match="no level"):
+        visual_grid(50, (16, 24))
+
+
+def test_visual_positions_change_the_output_by_place_and_start_as_identity():
+    torch.manual_seed(0)
+    layer = GatedSelfAttention(query_dim=32, context_dim=24, heads=4, dim_head=8, position_freqs=4).eval()
+    visual, tokens = torch.randn(1, 6 * 4, 32), torch.randn(1, 3, 24)
+    with torch.no_grad():
+        assert torch.equal(layer(visual, tokens, latent_size=(12, 8)), visual), "closed gates: identity"
+        layer.alpha_attn.fill_(0.8)
+        same_rows = visual[:, :1].expand(1, 24, 32)  # every token alike: only its place tells them apart
+        out = layer(same_rows, tokens, latent_size=(12, 8))
+        assert not torch.allclose(out[:, 0], out[:, -1])
+        plain = GatedSelfAttention(query_dim=32, context_dim=24, heads=4, dim_head=8).eval()
+        plain.load_state_dict({k: v for k, v in layer.state_dict().items() if not k.startswith("visual_position")})
+        flat = plain(same_rows, tokens)
+        torch.testing.assert_close(flat[:, 0], flat[:, -1])
+    # the grid is row-major with x across, as diffusers flattens: token 1 is right of token 0, token 4 below it
+    features = layer._grid_features(visual, (12, 8))  # level 6x4; per frequency [sin x, sin y, cos x, cos y]
+    x_features, y_features = features[:, 0::2], features[:, 1::2]
+    assert features.shape == (24, 16)
+    assert torch.equal(y_features[1], y_features[0]) and not torch.equal(x_features[1], x_features[0])
+    assert torch.equal(x_features[4], x_features[0]) and not torch.equal(y_features[4], y_features[0])

@@ -42,6 +42,9 @@ class AdapterConfig:
     name: str = "default"
     # modality -> keyword options of its tokenizer, e.g. {"depth": {"resize_input": 256}}
     tokenizer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # > 0: Fourier features (this many frequencies) of each visual token's grid position in the gated layers, for
+    # small UNets whose features do not say where a token is (gligen_ext.GatedSelfAttention); 0 is GLIGEN's layer
+    visual_position_freqs: int = 0
     # start from the weights of an adapter file (a second stage, a fine-tune) instead of the identity init
     init_from: str | None = None
     # fine-tune init_from's adapter through low-rank deltas (peft LoRA) on its gated layers instead: the run writes a

@@ -91,6 +91,7 @@ def inject_adapter(parts: FrozenParts, config: AdapterConfig) -> AdapterTokenize
         adapter_name=config.name,
         positive_len=parts.phrase_encoder().width,
         tokenizer_options=config.tokenizer_options,
+        visual_position_freqs=config.visual_position_freqs,
     )
     if config.init_from:
         from .checkpoints import copy_adapter_weights

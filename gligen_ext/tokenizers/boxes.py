@@ -17,6 +17,7 @@ from .base import (
     mlp,
     register_tokenizer,
 )
+from .layout_maps import LayoutMapResidual, paint_boxes
 
 
 def encode_unique_phrases(phrases: list[str], encoders: GroundingEncoders, modality: str) -> dict[str, torch.Tensor]:
@@ -34,19 +35,33 @@ def encode_unique_phrases(phrases: list[str], encoders: GroundingEncoders, modal
 
 @register_tokenizer("boxes")
 class BoxTokenizer(GroundingTokenizer):
-    """Token per box: MLP([phrase embedding ; Fourier(xyxy)]). Padded slots use learned nulls (GLIGEN Sec. 3.2)."""
+    """Token per box: MLP([phrase embedding ; Fourier(xyxy)]). Padded slots use learned nulls (GLIGEN Sec. 3.2).
+
+    ``layout_map_channels > 0`` (off in GLIGEN) also paints each box with its phrase embedding, projected to that
+    many channels, and adds the map to ``conv_in``'s output (:mod:`~gligen_ext.tokenizers.layout_maps`).
+    """
 
     default_beta = 0.3
 
     def __init__(
-        self, *, dims: GroundingDims, max_objs: int = 30, fourier_freqs: int = 8, hidden_dim: int = 512
+        self,
+        *,
+        dims: GroundingDims,
+        max_objs: int = 30,
+        fourier_freqs: int = 8,
+        hidden_dim: int = 512,
+        layout_map_channels: int = 0,
     ) -> None:
-        super().__init__(dims=dims, max_objs=max_objs, fourier_freqs=fourier_freqs, hidden_dim=hidden_dim)
+        super().__init__(dims=dims, max_objs=max_objs, fourier_freqs=fourier_freqs, hidden_dim=hidden_dim,
+                         layout_map_channels=layout_map_channels)
         self.fourier_freqs = fourier_freqs
         position_dim = fourier_freqs * 2 * 4
         self.linears = mlp(dims.positive_len + position_dim, dims.token_dim, hidden_dim)
         self.null_positive_feature = nn.Parameter(torch.zeros(dims.positive_len))
         self.null_position_feature = nn.Parameter(torch.zeros(position_dim))
+        if layout_map_channels:
+            self.layout_map_phrases = nn.Linear(dims.positive_len, layout_map_channels, bias=False)
+            self.layout_map = LayoutMapResidual(layout_map_channels, dims.conv_in_channels)
 
     @classmethod
     def example_layout(cls) -> dict:
@@ -87,3 +102,12 @@ class BoxTokenizer(GroundingTokenizer):
         position = blend_null(position, masks, self.null_position_feature)
         phrases = blend_null(positive_embeddings, masks, self.null_positive_feature)
         return self.linears(torch.cat([phrases, position], dim=-1))
+
+    def conv_in_residual(
+        self, inputs: dict[str, torch.Tensor], *, latents: torch.Tensor, conv_in: nn.Conv2d
+    ) -> torch.Tensor | None:
+        """(B, conv_in_channels, h, w) from the painted boxes, or None without a layout map."""
+        if not self.options.get("layout_map_channels"):
+            return None
+        phrases = self.layout_map_phrases(inputs["positive_embeddings"].to(self.layout_map_phrases.weight.dtype))
+        return self.layout_map(paint_boxes(inputs["boxes"], inputs["masks"], phrases, tuple(latents.shape[-2:])))

@@ -19,6 +19,7 @@ from .base import (
     mlp,
     register_tokenizer,
 )
+from .layout_maps import LayoutMapResidual, paint_points
 
 NUM_JOINTS = 17
 
@@ -28,6 +29,8 @@ class KeypointTokenizer(GroundingTokenizer):
     """Token per (person, joint): MLP([person identity + joint identity ; Fourier(xy)]).
 
     Identity embeddings start at zero as in GLIGEN; masked joints take the learned null features.
+    ``layout_map_channels > 0`` (off in GLIGEN) also splats each visible joint as a Gaussian carrying a learned
+    per-joint embedding and adds the map to ``conv_in``'s output (:mod:`~gligen_ext.tokenizers.layout_maps`).
     """
 
     default_beta = 0.3
@@ -40,6 +43,7 @@ class KeypointTokenizer(GroundingTokenizer):
         fourier_freqs: int = 8,
         hidden_dim: int = 512,
         use_occluded: bool = False,
+        layout_map_channels: int = 0,
     ) -> None:
         super().__init__(
             dims=dims,
@@ -47,6 +51,7 @@ class KeypointTokenizer(GroundingTokenizer):
             fourier_freqs=fourier_freqs,
             hidden_dim=hidden_dim,
             use_occluded=use_occluded,
+            layout_map_channels=layout_map_channels,
         )
         self.fourier_freqs = fourier_freqs
         identity_dim = dims.token_dim
@@ -56,6 +61,10 @@ class KeypointTokenizer(GroundingTokenizer):
         self.null_person_feature = nn.Parameter(torch.zeros(identity_dim))
         self.null_xy_feature = nn.Parameter(torch.zeros(position_dim))
         self.linears = mlp(identity_dim + position_dim, dims.token_dim, hidden_dim)
+        if layout_map_channels:
+            # random, not zero: the map's last convolution starts at zero, and both at zero would never move
+            self.layout_map_joints = nn.Parameter(torch.randn(NUM_JOINTS, layout_map_channels))
+            self.layout_map = LayoutMapResidual(layout_map_channels, dims.conv_in_channels)
 
     @classmethod
     def example_layout(cls) -> dict:
@@ -98,3 +107,14 @@ class KeypointTokenizer(GroundingTokenizer):
         identity = blend_null(identity, masks, self.null_person_feature)
         position = blend_null(fourier_embed(points, num_freqs=self.fourier_freqs), masks, self.null_xy_feature)
         return self.linears(torch.cat([identity, position], dim=-1))
+
+    def conv_in_residual(
+        self, inputs: dict[str, torch.Tensor], *, latents: torch.Tensor, conv_in: nn.Conv2d
+    ) -> torch.Tensor | None:
+        """(B, conv_in_channels, h, w) from the splatted joints, or None without a layout map."""
+        if not self.options.get("layout_map_channels"):
+            return None
+        joints = repeat(self.layout_map_joints, "k c -> (p k) c", p=self.options["max_persons"])
+        # one latent cell: a joint's blob stays narrower than the limbs between joints
+        painted = paint_points(inputs["points"], inputs["masks"], joints, tuple(latents.shape[-2:]), sigma=1.0)
+        return self.layout_map(painted)
