@@ -18,7 +18,7 @@ from gligen_ext.shapes_world.frechet import VaeLatentFeatures, frechet_distance,
 from gligen_ext.shapes_world.metrics import box_scores
 from gligen_ext.shapes_world.report import CELL
 from gligen_ext.shapes_world.scenes import BACKGROUND
-from gligen_ext.shapes_world.scoring import OBJECT_COUNTS, score_images
+from gligen_ext.shapes_world.scoring import OBJECT_COUNTS, pooled_success, score_images
 from gligen_ext.testing import tiny_sd_components, tiny_unet, tiny_vae
 
 ADAPTERS = {"boxes": ["boxes"], "keypoints": ["keypoints"], "depth": ["depth"]}
@@ -104,6 +104,8 @@ def test_instance_success_pools_boxes_and_image_success_pools_images():
     assert scores.box_success == pytest.approx(1 / 4) and scores.image_success == pytest.approx(1 / 2)
     assert scores.by_objects[1].success == 1.0 and scores.by_objects[3].success == 0.0
     assert scores.by_objects[2].boxes == 0 and scores.by_objects[2].success is None and scores.pck is None
+    assert pooled_success(scores.by_objects) == pytest.approx(1 / 4), "1-3 objects: by box, counts with no box skipped"
+    assert pooled_success(scores.by_objects, counts=(4,)) is None
 
 
 def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_a_shift():

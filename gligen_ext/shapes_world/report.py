@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..viz import draw_layout, image_grid, overlay_layout
 from .evaluate import BenchmarkResult, SettingResult, full_layout
-from .scoring import OBJECT_COUNTS
+from .scoring import OBJECT_COUNTS, pooled_success
 
 CELL = 160  # picture cell side in pixels: 64-pixel images are scaled up so the layout labels stay legible
 
@@ -49,12 +49,14 @@ def summary_table(result: BenchmarkResult) -> str:
 
 
 def _by_objects_table(result: BenchmarkResult) -> list[str]:
-    header = ["setting"] + [f"{n} object{'s' if n > 1 else ''}" for n in OBJECT_COUNTS] + ["all (image success)"]
+    header = ["setting"] + [f"{n} object{'s' if n > 1 else ''}" for n in OBJECT_COUNTS]
+    header += ["1–3 objects", "all (image success)"]
     counts = result.settings[0].scores.by_objects
-    rows = [["*(shape boxes / layouts)*", *(f"{counts[n].boxes} / {counts[n].layouts}" for n in OBJECT_COUNTS), ""]]
+    rows = [["*(shape boxes / layouts)*", *(f"{counts[n].boxes} / {counts[n].layouts}" for n in OBJECT_COUNTS), "", ""]]
     for row in result.settings:
         cells = [_number(row.scores.by_objects[n].success) for n in OBJECT_COUNTS]
-        rows.append([row.name, *cells, _number(row.scores.image_success)])
+        pooled = _number(pooled_success(row.scores.by_objects))
+        rows.append([row.name, *cells, pooled, _number(row.scores.image_success)])
     return _table(header, rows)
 
 

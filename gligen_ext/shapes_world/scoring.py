@@ -30,6 +30,13 @@ class CountScores:
     image_success: float | None
 
 
+def pooled_success(by_objects: dict[int, CountScores], counts: tuple[int, ...] = (1, 2, 3)) -> float | None:
+    """Box success over every box of the layouts with one of ``counts`` objects (the issue's 1–3-object target)."""
+    rows = [by_objects[n] for n in counts if n in by_objects and by_objects[n].success is not None]
+    boxes = sum(row.boxes for row in rows)
+    return sum(row.success * row.boxes for row in rows) / boxes if boxes else None
+
+
 @dataclass
 class SettingScores:
     """Every metric of one setting; None where no layout asked for it (e.g. PCK without stick figures)."""
