@@ -27,7 +27,9 @@ class GatedSelfAttention(nn.Module):
     even when the base UNet's features carry little absolute position (small or shallow UNets; SD's do not need it).
     """
 
-    def __init__(self, *, query_dim: int, context_dim: int, heads: int, dim_head: int, position_freqs: int = 0) -> None:
+    def __init__(
+        self, *, query_dim: int, context_dim: int, heads: int, dim_head: int, position_freqs: int = 0
+    ) -> None:
         super().__init__()
         self.position_freqs = position_freqs
         self.visual_position = nn.Linear(position_freqs * 2 * 2, query_dim) if position_freqs else None

@@ -52,7 +52,8 @@ def _by_objects_table(result: BenchmarkResult) -> list[str]:
     header = ["setting"] + [f"{n} object{'s' if n > 1 else ''}" for n in OBJECT_COUNTS]
     header += ["1–3 objects", "all (image success)"]
     counts = result.settings[0].scores.by_objects
-    rows = [["*(shape boxes / layouts)*", *(f"{counts[n].boxes} / {counts[n].layouts}" for n in OBJECT_COUNTS), "", ""]]
+    sizes = [f"{counts[n].boxes} / {counts[n].layouts}" for n in OBJECT_COUNTS]
+    rows = [["*(shape boxes / layouts)*", *sizes, "", ""]]
     for row in result.settings:
         cells = [_number(row.scores.by_objects[n].success) for n in OBJECT_COUNTS]
         pooled = _number(pooled_success(row.scores.by_objects))

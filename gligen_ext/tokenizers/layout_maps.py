@@ -16,7 +16,9 @@ from torch import nn
 
 
 class LayoutMapResidual(nn.Module):
-    """(B, map_channels, h, w) painted map -> (B, conv_in_channels, h, w) residual; zero at init and for an empty map."""
+    """(B, map_channels, h, w) painted map -> (B, conv_in_channels, h, w) residual.
+
+    Zero at init and for an empty map."""
 
     def __init__(self, map_channels: int, out_channels: int, hidden: int = 64) -> None:
         super().__init__()
@@ -38,7 +40,9 @@ def grid_centres(height: int, width: int, *, like: torch.Tensor) -> tuple[torch.
     return ys[:, None], xs[None, :]
 
 
-def paint_boxes(boxes: torch.Tensor, masks: torch.Tensor, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def paint_boxes(
+    boxes: torch.Tensor, masks: torch.Tensor, features: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
     """Fill each real box with its feature vector.
 
     boxes (B, N, 4) normalised xyxy; masks (B, N), 1 = real; features (B, N, C). Returns (B, C, h, w), the sum over
