@@ -13,6 +13,7 @@ from torch import nn
 
 from .attention import attend_with_extra_keys
 from .tokenizers import fourier_embed
+from .tokenizers.layout_maps import grid_centres
 
 
 class GatedSelfAttention(nn.Module):
@@ -68,11 +69,9 @@ class GatedSelfAttention(nn.Module):
 
     def _grid_features(self, hidden_states: torch.Tensor, latent_size: tuple[int, int] | None) -> torch.Tensor:
         """Fourier features of each visual token's cell centre, (N_v, 4 * position_freqs), x and y in [0, 1]."""
-        height, width = visual_grid(hidden_states.shape[1], latent_size)
-        ys = (torch.arange(height, device=hidden_states.device, dtype=hidden_states.dtype) + 0.5) / height
-        xs = (torch.arange(width, device=hidden_states.device, dtype=hidden_states.dtype) + 0.5) / width
+        ys, xs = grid_centres(*visual_grid(hidden_states.shape[1], latent_size), like=hidden_states)
         # row-major, as diffusers' Transformer2DModel flattens (B, C, H, W) into (B, H * W, C)
-        centres = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
+        centres = torch.stack(torch.broadcast_tensors(xs, ys), dim=-1).reshape(-1, 2)
         return fourier_embed(centres, num_freqs=self.position_freqs)
 
     def grounding_keys_values(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
