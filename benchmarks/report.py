@@ -69,9 +69,13 @@ def unet_step(r: dict) -> str:
             + table(["setting", "step", "grounded ÷ base", "FLOP floor"], rows))
 
 
+def _step_and_memory_rows(r: dict) -> list[list[str]]:
+    """One row per entry of ``r["step_s"]``: its name, step time and peak memory."""
+    return [[name, seconds(s), size(r["peak_memory_bytes"][name])] for name, s in r["step_s"].items()]
+
+
 def versus_step(r: dict) -> str:
-    mem = r["peak_memory_bytes"]
-    rows = [[name, seconds(s), size(mem[name])] for name, s in r["step_s"].items()]
+    rows = _step_and_memory_rows(r)
     return (f"### Per-step UNet, gligen-ext ÷ diffusers' GLIGEN UNet\n\n{r['image_size']}², batch {r['batch']}, boxes "
             f"(30 tokens), identical weights (largest output difference {r['max_abs_difference']:.1e}).\n\n"
             + table(["UNet", "step", "peak memory"], rows)
@@ -92,8 +96,7 @@ def generation(r: dict) -> str:
 
 
 def training(r: dict) -> str:
-    mem = r["peak_memory_bytes"]
-    rows = [[name, seconds(s), size(mem[name])] for name, s in r["step_s"].items()]
+    rows = _step_and_memory_rows(r)
     return (f"### Training step\n\n{r['image_size']}², batch {r['batch']}, box adapter "
             f"({r['trained_params']:,} trained, {r['frozen_params']:,} frozen parameters), AdamW.\n\n"
             + table(["gradients", "step", "peak memory"], rows)
