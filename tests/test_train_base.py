@@ -147,3 +147,31 @@ def test_min_snr_weights_clip_the_high_snr_steps_and_keep_the_low_ones():
     assert torch.allclose(v, torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / (snr + 1), rtol=1e-5)
     assert v[0] < 0.01 and v[2] < 1e-6  # t=0: SNR is huge, clipped to 5; t=T: no signal, nothing to learn
     assert eps[2] == 1.0 and eps[0] == pytest.approx(5.0 / snr[0].item(), rel=1e-5)
+
+
+def test_decay_steps_follow_the_constant_schedule_then_fall_to_zero():
+    from training.base_config import DiffusionConfig
+    from training.train_base import diffusion_lr_schedule
+
+    def lrs(recipe: DiffusionConfig) -> list[float]:
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        schedule = diffusion_lr_schedule(recipe, optimizer)
+        values = []
+        for _ in range(recipe.steps):
+            values.append(schedule.get_last_lr()[0])
+            optimizer.step()
+            schedule.step()
+        return values
+
+    constant = lrs(DiffusionConfig(steps=100, warmup_steps=10))
+    cooled = lrs(DiffusionConfig(steps=100, warmup_steps=10, decay_steps=20))
+    assert cooled[:80] == pytest.approx(constant[:80])  # an extended constant run can be cooled down on resume
+    assert all(a > b for a, b in zip(cooled[80:], cooled[81:])) and cooled[-1] < 0.05
+
+
+def test_decay_steps_errors_name_the_key():
+    with pytest.raises(ConfigError, match="diffusion.decay_steps"):
+        load_base_config(CONFIGS / "shapes_base.yaml", ["--diffusion.decay_steps", "99999"])
+    with pytest.raises(ConfigError, match="diffusion.decay_steps"):
+        load_base_config(CONFIGS / "shapes_base.yaml", ["--diffusion.decay_steps", "10",
+                                                         "--diffusion.lr_scheduler", "cosine"])

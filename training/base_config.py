@@ -79,6 +79,9 @@ class DiffusionConfig:
     lr: float = 3e-4
     lr_scheduler: str = "constant_with_warmup"  # constant, so that a run can be extended by raising steps
     warmup_steps: int = 200
+    # > 0: the constant schedule's last decay_steps fall to zero (1 - sqrt), the warmup-stable-decay schedule of
+    # Hägele et al. 2024 (arXiv 2405.18392), where a short cooldown matched a cosine run of the same length
+    decay_steps: int = 0
     weight_decay: float = 0.01
     max_grad_norm: float | None = 1.0
     caption_drop: float = 0.1  # captions replaced by "" so that classifier-free guidance works
@@ -165,6 +168,14 @@ def check_base_config(config: BaseConfig) -> None:
         name = getattr(config, section).lr_scheduler
         if name not in schedules:
             raise ConfigError(f"{section}.lr_scheduler: unknown schedule {name!r}; known: {', '.join(schedules)}")
+    recipe = config.diffusion
+    if recipe.decay_steps and recipe.lr_scheduler != "constant_with_warmup":
+        raise ConfigError(f"diffusion.decay_steps: decays a constant_with_warmup schedule, not "
+                          f"{recipe.lr_scheduler!r}; set diffusion.decay_steps to 0 or lr_scheduler to "
+                          f"constant_with_warmup")
+    if recipe.decay_steps < 0 or recipe.decay_steps > max(recipe.steps - recipe.warmup_steps, 0):
+        raise ConfigError(f"diffusion.decay_steps: between 0 and steps - warmup_steps "
+                          f"({recipe.steps - recipe.warmup_steps}), got {recipe.decay_steps}")
     downsampling = 2 ** (len(config.vae.block_out_channels) - 1) * 2 ** (len(config.unet.block_out_channels) - 1)
     if config.data.resolution % downsampling:
         raise ConfigError(f"data.resolution: {config.data.resolution} must be a multiple of {downsampling}, the "

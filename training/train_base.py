@@ -29,9 +29,11 @@ from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image, ImageOps
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
+from transformers.optimization import get_wsd_schedule
 
-from .base_config import BaseConfig, load_base_config, save_base_config
+from .base_config import BaseConfig, DiffusionConfig, load_base_config, save_base_config
 from .base_loop import EpochBatches, Stage, ema_weights, run_stage, step_generator
 from .base_model import (
     assemble_pipeline,
@@ -110,6 +112,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     publish_dir(staging, final)
     logger.info("pipeline saved to %s", final)
     return final
+
+
+def diffusion_lr_schedule(recipe: DiffusionConfig, optimizer: torch.optim.Optimizer) -> LRScheduler:
+    """Stage 2's schedule: diffusers' ``recipe.lr_scheduler``; with ``decay_steps``, constant_with_warmup whose last
+    steps fall to zero, equal to it until then (so a run can be extended, then cooled down)."""
+    if recipe.decay_steps:
+        return get_wsd_schedule(optimizer, num_warmup_steps=recipe.warmup_steps, num_decay_steps=recipe.decay_steps,
+                                num_training_steps=recipe.steps, decay_type="1-sqrt")
+    return get_scheduler(recipe.lr_scheduler, optimizer, num_warmup_steps=recipe.warmup_steps,
+                         num_training_steps=recipe.steps)
 
 
 def load_images(source: str, *, resolution: int, limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
@@ -212,8 +224,7 @@ def train_diffusion(config: BaseConfig, vae: AutoencoderKL, images: torch.Tensor
     scheduler = noise_scheduler(recipe)
     params = [*text_encoder.parameters(), *unet.parameters()]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = get_scheduler(recipe.lr_scheduler, optimizer, num_warmup_steps=recipe.warmup_steps,
-                             num_training_steps=recipe.steps)
+    schedule = diffusion_lr_schedule(recipe, optimizer)
     text_encoder, unet, optimizer = accelerator.prepare(text_encoder, unet, optimizer)
     ema = EMAModel(params, decay=recipe.ema_decay, use_ema_warmup=recipe.ema_warmup) if recipe.ema_decay else None
     stage = Stage("diffusion", out / DIFFUSION_STAGE, {"text_encoder": text_encoder, "unet": unet}, optimizer,
