@@ -130,7 +130,7 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="v_prediction"):  # epsilon cannot sample from the cosine's last step
         load_base_config(CONFIGS / "shapes_base.yaml", ["--diffusion.prediction_type", "epsilon"])
     config = load_base_config(CONFIGS / "shapes_base.yaml", ["--diffusion.steps=7"])
-    assert config.diffusion.steps == 7 and config.unet.block_out_channels == [64, 128]
+    assert config.diffusion.steps == 7 and config.unet.block_out_channels == [64, 128, 128]
 
 
 def test_min_snr_weights_clip_the_high_snr_steps_and_keep_the_low_ones():
