@@ -29,7 +29,8 @@ TINY = {  # seconds on one core: 32x32 images, 8x8 latents, narrow models
     "data.resolution": 32, "vae.block_out_channels": "[8,16,16]", "vae.norm_num_groups": 8, "vae.steps": 2,
     "vae.batch_size": 8, "vae.warmup_steps": 0, "text_encoder.hidden_size": 16, "text_encoder.intermediate_size": 32,
     "unet.block_out_channels": "[16,32]", "unet.norm_num_groups": 8, "diffusion.steps": 4, "diffusion.batch_size": 8,
-    "diffusion.warmup_steps": 1, "run.checkpoint_every": 2, "run.keep_checkpoints": 3, "log.every": 1,
+    "diffusion.warmup_steps": 1, "diffusion.decay_steps": 2, "run.checkpoint_every": 2, "run.keep_checkpoints": 3,
+    "log.every": 1,
     "log.sample_every": 2, "log.sample_count": 2, "log.eval_count": 2, "log.inference_steps": 2,
 }
 
@@ -129,8 +130,8 @@ def test_config_errors_name_the_key():
         load_base_config(CONFIGS / "shapes_base.yaml", ["--data.resolution", "60"])
     with pytest.raises(ConfigError, match="v_prediction"):  # epsilon cannot sample from the cosine's last step
         load_base_config(CONFIGS / "shapes_base.yaml", ["--diffusion.prediction_type", "epsilon"])
-    config = load_base_config(CONFIGS / "shapes_base.yaml", ["--diffusion.steps=7"])
-    assert config.diffusion.steps == 7 and config.unet.block_out_channels == [64, 128, 128]
+    config = load_base_config(CONFIGS / "shapes_base.yaml", ["--diffusion.steps=700", "--diffusion.decay_steps=100"])
+    assert config.diffusion.steps == 700 and config.unet.block_out_channels == [64, 128, 128]
 
 
 def test_min_snr_weights_clip_the_high_snr_steps_and_keep_the_low_ones():
