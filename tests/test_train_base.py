@@ -30,8 +30,7 @@ TINY = {  # seconds on one core: 32x32 images, 8x8 latents, narrow models
     "vae.batch_size": 8, "vae.warmup_steps": 0, "text_encoder.hidden_size": 16, "text_encoder.intermediate_size": 32,
     "unet.block_out_channels": "[16,32]", "unet.norm_num_groups": 8, "diffusion.steps": 4, "diffusion.batch_size": 8,
     "diffusion.warmup_steps": 1, "diffusion.decay_steps": 2, "run.checkpoint_every": 2, "run.keep_checkpoints": 3,
-    "log.every": 1,
-    "log.sample_every": 2, "log.sample_count": 2, "log.eval_count": 2, "log.inference_steps": 2,
+    "log.every": 1, "log.sample_every": 2, "log.sample_count": 2, "log.eval_count": 2, "log.inference_steps": 2,
 }
 
 
