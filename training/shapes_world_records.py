@@ -41,6 +41,10 @@ SPLITS = ("train", "heldout")
 TRAINING_SEED_LIMIT = BENCHMARK_HELDOUT_SEED
 HELDOUT_FIRST_SEED = 30_000_000
 FEATURES = record_features(["depth"])
+# Training scenes overlap by at most this much of the smaller (grown) box: 43% of multi-object scenes still overlap,
+# but captions stay true to the pixels. With full occlusion allowed, only 82% of training scenes show every object
+# their caption names (54% of 4-object scenes), which caps what a base model can learn about following captions.
+TRAIN_MAX_OVERLAP = 0.2
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class SceneOptions:
     size: int = 64
     max_objects: int = 4
     figure_prob: float = 0.3
-    max_overlap: float = 1.0
+    max_overlap: float = TRAIN_MAX_OVERLAP
 
 
 def scene_seeds(split: str, *, seed: int, scenes: int) -> range:
@@ -68,7 +72,7 @@ def scene_seeds(split: str, *, seed: int, scenes: int) -> range:
 
 def default_options(split: str, *, size: int = 64) -> SceneOptions:
     """Training scenes may overlap (occlusion is part of the world); held-out scenes keep their objects apart."""
-    return SceneOptions(size=size, max_overlap=0.0 if split == "heldout" else 1.0)
+    return SceneOptions(size=size, max_overlap=0.0 if split == "heldout" else TRAIN_MAX_OVERLAP)
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -128,7 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-objects", type=int, default=4, help="objects per scene: 1 to this (default 4)")
     parser.add_argument("--figure-prob", type=float, default=0.3, help="chance of a stick figure (default 0.3)")
     parser.add_argument("--max-overlap", type=float, default=None,
-                        help="largest overlap of two objects' boxes (default: 1 for train, 0 for heldout)")
+                        help=f"largest overlap of two objects' boxes, as a fraction of the smaller "
+                        f"(default: {TRAIN_MAX_OVERLAP} for train, 0 for heldout)")
     parser.add_argument("--out", required=True, help="output folder (save_to_disk)")
     return parser
 
