@@ -110,13 +110,32 @@ def test_killed_run_resumes_bit_identical_to_an_uninterrupted_run(records, tmp_p
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), part
 
 
+def test_continued_run_starts_from_the_saved_model_and_refuses_another_one(records, tmp_path):
+    first = main(argv(records, tmp_path / "first"))
+    reset_accelerate()
+    # at lr 0 nothing moves, so the continuation saves exactly the model it started from, VAE included
+    continued = main(argv(records, tmp_path / "continued", diffusion__init_from=first, diffusion__lr=0.0,
+                          diffusion__ema_decay=0))
+    assert not (tmp_path / "continued" / "stage1-vae").exists()  # stage 1 is the first run's
+    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                 "vae/diffusion_pytorch_model.safetensors"):
+        want, got = load_file(first / part), load_file(continued / part)
+        assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), part
+    reset_accelerate()
+    with pytest.raises(ConfigError, match="diffusion.init_from: its unet"):
+        main(argv(records, tmp_path / "other", diffusion__init_from=first, unet__block_out_channels="[16,16]"))
+    reset_accelerate()
+    with pytest.raises(ConfigError, match="not a pipeline folder"):
+        main(argv(records, tmp_path / "nothing", diffusion__init_from=tmp_path / "first" / "samples"))
+
+
 def test_word_tokenizer_keeps_each_word_whole_and_unknown_words_readable(tmp_path):
     tokenizer = write_word_tokenizer(tmp_path, ["red", "green", "triangle", "a"], max_length=16)
     assert [len(tokenizer(w).input_ids) for w in ("red", "green", "triangle", "a")] == [3, 3, 3, 3]
     assert tokenizer.decode(tokenizer("a purple triangle").input_ids, skip_special_tokens=True) == "a purple triangle"
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*_base.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*_base*.yaml")), ids=lambda p: p.stem)
 def test_shipped_base_configs_parse(path):
     config = load_base_config(path)
     assert config.diffusion.caption_drop > 0  # classifier-free guidance needs unconditional examples

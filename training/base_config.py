@@ -96,6 +96,10 @@ class DiffusionConfig:
     # Min-SNR-gamma loss weighting (arXiv 2303.09556, gamma 5 there): high-SNR steps stop dominating the gradient,
     # which the paper measured as ~3x faster convergence; None keeps the plain MSE of DDPM
     snr_gamma: float | None = None
+    # a pipeline folder this recipe made (e.g. runs/shapes_base/model) to continue from: its VAE replaces stage 1 and
+    # the text encoder and UNet start from its weights, with a fresh optimizer and schedule; the architecture and
+    # the captions' words must be the same
+    init_from: str | None = None
 
 
 @dataclass

@@ -18,6 +18,7 @@ from gligen_ext.shapes_world import COLOURS, SHAPES
 from gligen_ext.testing import write_byte_tokenizer
 
 from .base_config import BaseConfig, DiffusionConfig, TextEncoderConfig, UNetConfig, VaeConfig
+from .dataclass_io import ConfigError
 
 SHAPES_WORLD_WORDS: tuple[str, ...] = ("a", "and", "person", *COLOURS, *SHAPES)
 _SCALED_LINEAR_BETAS = {"beta_start": 0.00085, "beta_end": 0.012}  # Stable Diffusion's
@@ -143,3 +144,30 @@ def latent_size(config: BaseConfig) -> int:
 
 def tokenizer_folder(output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / "tokenizer"
+
+
+def load_init_vae(init_from: str | os.PathLike) -> AutoencoderKL:
+    """The VAE of the pipeline folder ``init_from`` in fp32 (a shipped fp16 copy included)."""
+    folder = Path(init_from)
+    if not (folder / "vae" / "config.json").is_file():
+        raise ConfigError(f"diffusion.init_from: '{folder}' is not a pipeline folder with a vae/ (give a train_base "
+                          f"output_dir's model/, e.g. runs/shapes_base/model)")
+    return AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True).float()
+
+
+def copy_init_weights(init_from: str | os.PathLike, *, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
+                      unet: UNet2DConditionModel) -> None:
+    """Load the text encoder and UNet weights of the pipeline folder ``init_from`` into the freshly built models;
+    a different vocabulary or architecture is a :class:`ConfigError` naming the section to match."""
+    folder = Path(init_from)
+    if CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True).get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(f"diffusion.init_from: '{folder}' was trained on captions with other words; continue it on "
+                          f"its own data.train")
+    sources = {"text_encoder": (text_encoder, CLIPTextModel), "unet": (unet, UNet2DConditionModel)}
+    for name, (model, loader) in sources.items():
+        source = loader.from_pretrained(folder / name, local_files_only=True).float()
+        try:
+            model.load_state_dict(source.state_dict())
+        except RuntimeError as error:
+            raise ConfigError(f"diffusion.init_from: its {name} does not match the config's {name} section; use the "
+                              f"section of the run that made '{folder}' ({str(error).splitlines()[0]})") from None

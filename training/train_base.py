@@ -41,8 +41,10 @@ from .base_model import (
     build_unet,
     build_vae,
     caption_token_ids,
+    copy_init_weights,
     inference_scheduler,
     latent_size,
+    load_init_vae,
     noise_scheduler,
     write_word_tokenizer,
 )
@@ -94,14 +96,18 @@ def main(argv: Sequence[str] | None = None) -> Path:
     logger.info("%d training images, %d held-out captions", len(images), len(heldout_captions))
 
     # 3. Stage 1: the autoencoder, then the latent scale that gives the diffusion model unit-variance inputs.
-    vae = train_vae(config, images, heldout_images, heldout_captions, accelerator=accelerator, resume=resume,
-                    out=out, config_text=config_text)
+    #    A continuation (diffusion.init_from) keeps the VAE of the model it continues.
+    if config.diffusion.init_from:
+        vae = load_init_vae(config.diffusion.init_from).to(accelerator.device).eval()
+    else:
+        vae = train_vae(config, images, heldout_images, heldout_captions, accelerator=accelerator, resume=resume,
+                        out=out, config_text=config_text)
 
     # 4. Stage 2: text encoder and UNet learn together on cached latents, with caption dropout for guidance.
     stage, pipe = train_diffusion(config, vae, images, captions, heldout_captions, accelerator=accelerator,
                                   resume=resume, out=out, config_text=config_text)
 
-    # 5. Save the EMA weights as an ordinary diffusers folder, beside the config that made them.
+    # 5. Save the EMA weights (or, without EMA, the final ones) as an ordinary diffusers folder, beside the config that made them.
     if stage.ema is not None:
         stage.ema.copy_to(stage.parameters())
     final = out / "model"
@@ -219,6 +225,9 @@ def train_diffusion(config: BaseConfig, vae: AutoencoderKL, images: torch.Tensor
     text_encoder = build_text_encoder(config.text_encoder, tokenizer)
     unet = build_unet(config.unet, latent_size=latent_size(config), latent_channels=vae.config.latent_channels,
                       cross_attention_dim=config.text_encoder.hidden_size)
+    if recipe.init_from:
+        copy_init_weights(recipe.init_from, tokenizer=tokenizer, text_encoder=text_encoder, unet=unet)
+        logger.info("stage 2 continues the text encoder and UNet of %s", recipe.init_from)
     count = sum(p.numel() for p in unet.parameters()) + sum(p.numel() for p in text_encoder.parameters())
     logger.info("stage 2: UNet + text encoder of %.2fM parameters, vocabulary %d", count / 1e6, len(tokenizer))
     scheduler = noise_scheduler(recipe)
