@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -55,3 +56,21 @@ def test_base_then_adapter_ship_as_fp16_files_the_manifest_vouches_for(runs, cap
 def test_over_the_size_limit_is_refused(runs):
     with pytest.raises(SystemExit, match="over --max-mb"):
         main(["--base", str(runs / "base"), "--out", str(runs / "weights"), "--max-mb", "0.001"])
+
+
+def test_a_continued_base_records_every_run_that_made_it(runs):
+    continued = runs / "continued"
+    shutil.copytree(runs / "base" / "model", continued / "model")
+    config = yaml.safe_load((CONFIGS / "shapes_base_continued.yaml").read_text())
+    config["diffusion"]["init_from"] = str(runs / "base" / "model")
+    (continued / "model" / "train_base_config.yaml").write_text(yaml.safe_dump(config))
+    main(["--base", str(continued), "--out", str(runs / "weights")])
+    base = read_manifest(runs / "weights")["base"]
+    assert base["made_by"] == ("python -m training.train_base --config configs/shapes_base.yaml && "
+                               "python -m training.train_base --config configs/shapes_base_continued.yaml")
+    assert base["steps"] == {"vae": 700, "diffusion": [6000, 2000]} and base["seed"] == 1
+    assert base["continues"] == [yaml.safe_load((CONFIGS / "shapes_base.yaml").read_text())]
+
+    (runs / "base" / "model" / "train_base_config.yaml").unlink()  # the continued model's record is gone
+    with pytest.raises(SystemExit, match="has no train_base_config.yaml"):
+        main(["--base", str(continued), "--out", str(runs / "weights2")])

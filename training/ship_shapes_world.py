@@ -39,20 +39,36 @@ def ship_base(run: Path, out: Path) -> dict:
     target = out / "base"
     shutil.rmtree(target, ignore_errors=True)
     pipe.save_pretrained(target, safe_serialization=True)
-    config = yaml.safe_load((run / "model" / "train_base_config.yaml").read_text(encoding="utf-8"))
+    configs = base_run_configs(run / "model")
+    config = configs[-1]
     scores = run / "fidelity.jsonl"  # absent when the run sampled nothing (log.sample_every 0)
     lines = scores.read_text(encoding="utf-8").splitlines() if scores.is_file() else []
     fidelity = [json.loads(line) for line in lines if line.strip()]
     files = sorted(p for p in target.rglob("*") if p.is_file())
     return {
-        "made_by": "python -m training.train_base --config configs/shapes_base.yaml",
+        "made_by": " && ".join(f"python -m training.train_base --config configs/{Path(c['run']['output_dir']).name}"
+                               f".yaml" for c in configs),
         "seed": config["run"]["seed"],
-        "steps": {"vae": config["vae"]["steps"], "diffusion": config["diffusion"]["steps"]},
+        "steps": {"vae": configs[0]["vae"]["steps"], "diffusion": [c["diffusion"]["steps"] for c in configs]},
         "config": config,
+        "continues": configs[:-1],  # the runs whose saved model each next one continued (diffusion.init_from)
         "fidelity": fidelity[-1] if fidelity else None,
         "files": {str(p.relative_to(out)): sha256(p) for p in files},
         "bytes": sum(p.stat().st_size for p in files),
     }
+
+
+def base_run_configs(model: Path) -> list[dict]:
+    """The resolved configs of the train_base runs that made ``model``, first run first: a continuation's
+    ``diffusion.init_from`` names the model it continued, whose ``train_base_config.yaml`` is read in turn."""
+    configs = [yaml.safe_load((model / "train_base_config.yaml").read_text(encoding="utf-8"))]
+    while parent := configs[0]["diffusion"].get("init_from"):
+        record = Path(parent) / "train_base_config.yaml"
+        if not record.is_file():
+            raise SystemExit(f"--base: '{parent}', which this base continues, has no train_base_config.yaml to "
+                             f"record; ship from the run folders that made it")
+        configs.insert(0, yaml.safe_load(record.read_text(encoding="utf-8")))
+    return configs
 
 
 def ship_adapter(name: str, run: Path, out: Path) -> dict:

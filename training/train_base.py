@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     stage, pipe = train_diffusion(config, vae, images, captions, heldout_captions, accelerator=accelerator,
                                   resume=resume, out=out, config_text=config_text)
 
-    # 5. Save the EMA weights (or, without EMA, the final ones) as an ordinary diffusers folder, beside the config that made them.
+    # 5. Save the EMA weights (without EMA, the final ones) as a diffusers folder, beside the config that made them.
     if stage.ema is not None:
         stage.ema.copy_to(stage.parameters())
     final = out / "model"
