@@ -13,7 +13,7 @@ from training.train import parse_args
 # shapes_*: the shapes-world adapters, a CPU-sized recipe (training/SHAPES_WORLD.md)
 REAL_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml")
                       if not p.stem.endswith(("tiny", "_base")) and not p.stem.startswith("shapes_"))
-SHAPES_ADAPTER_CONFIGS = sorted(p for p in CONFIGS.glob("shapes_*.yaml") if p.stem != "shapes_base")
+SHAPES_ADAPTER_CONFIGS = sorted(p for p in CONFIGS.glob("shapes_*.yaml") if not p.stem.startswith("shapes_base"))
 
 
 def test_configs_folder_has_one_per_modality_and_base():
