@@ -50,3 +50,17 @@ def test_full_page_reads_only_the_device_result_files(tmp_path):
     (tmp_path / "grounding.json").write_text(json.dumps({"settings": []}))  # another benchmark's results
     write_doc(tmp_path / "performance.md", tmp_path, cpu)
     assert "## cpu" in (tmp_path / "performance.md").read_text()
+
+
+def test_base_unet_cost_variants_are_the_shipped_unet_with_more_layers():
+    import torch
+
+    from benchmarks.base_unet_cost import seconds_per_step, shapes_unet
+
+    shipped, deeper = shapes_unet(1), shapes_unet((1, 2, 2))
+    assert shipped.config.block_out_channels == deeper.config.block_out_channels == (64, 128, 128)
+    assert sum(p.numel() for p in deeper.parameters()) > sum(p.numel() for p in shipped.parameters())
+    assert [len(block.resnets) for block in deeper.down_blocks] == [1, 2, 2]
+    before = [p.detach().clone() for p in shipped.parameters()]
+    assert seconds_per_step(shipped, steps=1, batch_size=2, warmup=0) > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, shipped.parameters()))  # it trained
