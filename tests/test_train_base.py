@@ -18,7 +18,7 @@ from gligen_ext import PhraseEncoder, add_grounding_adapter
 from gligen_ext.inject import transformer_blocks
 from gligen_ext.pipelines import GroundedStableDiffusionPipeline
 from training.base_config import load_base_config
-from training.base_model import write_word_tokenizer
+from training.base_model import build_unet, write_word_tokenizer
 from training.checkpoints import CRASH_ENV, list_checkpoints
 from training.dataclass_io import ConfigError
 from training.shapes_world_records import build_shapes_world
@@ -148,6 +148,8 @@ def test_config_errors_name_the_key():
         load_base_config(CONFIGS / "shapes_base.yaml", ["--data.resolution", "60"])
     with pytest.raises(ConfigError, match="v_prediction"):  # epsilon cannot sample from the cosine's last step
         load_base_config(CONFIGS / "shapes_base.yaml", ["--diffusion.prediction_type", "epsilon"])
+    with pytest.raises(ConfigError, match="unet.layers_per_block"):  # one per level, or one for all
+        load_base_config(CONFIGS / "shapes_base.yaml", ["--unet.layers_per_block", "[1,2]"])
     config = load_base_config(CONFIGS / "shapes_base.yaml", ["--diffusion.steps=700", "--diffusion.decay_steps=100"])
     assert config.diffusion.steps == 700 and config.unet.block_out_channels == [64, 128, 128]
 
@@ -194,3 +196,12 @@ def test_decay_steps_errors_name_the_key():
     with pytest.raises(ConfigError, match="diffusion.decay_steps"):
         load_base_config(CONFIGS / "shapes_base.yaml", ["--diffusion.decay_steps", "10",
                                                          "--diffusion.lr_scheduler", "cosine"])
+
+
+def test_layers_per_block_may_deepen_the_low_resolution_levels():
+    config = load_base_config(CONFIGS / "shapes_base.yaml", ["--unet.layers_per_block", "[1,2,2]"])
+    assert config.unet.layers_per_block == [1, 2, 2]
+    unet = build_unet(config.unet, latent_size=16, latent_channels=4, cross_attention_dim=128)
+    assert [len(block.resnets) for block in unet.down_blocks] == [1, 2, 2]
+    assert [len(block.attentions) for block in unet.up_blocks] == [3, 3, 2]  # diffusers: one more on the way up
+    assert load_base_config(CONFIGS / "shapes_base.yaml").unet.layers_per_block == 1

@@ -65,7 +65,7 @@ class UNetConfig:
     """A small ``UNet2DConditionModel`` with cross-attention at every level (so adapters get gated layers there)."""
 
     block_out_channels: list[int] = field(default_factory=lambda: [64, 128])
-    layers_per_block: int = 1
+    layers_per_block: int | list[int] = 1  # one for every level, or one per level (e.g. [1, 2, 2])
     attention_head_dim: int = 8  # diffusers reads this as the number of heads
     norm_num_groups: int = 32
 
@@ -188,6 +188,11 @@ def check_base_config(config: BaseConfig) -> None:
         channels, groups = getattr(config, section).block_out_channels, getattr(config, section).norm_num_groups
         if any(c % groups for c in channels):
             raise ConfigError(f"{section}.norm_num_groups: {groups} must divide every block_out_channels {channels}")
+    depths = config.unet.layers_per_block
+    if isinstance(depths, list) and len(depths) != len(config.unet.block_out_channels) or min(
+            depths if isinstance(depths, list) else [depths], default=0) < 1:
+        raise ConfigError(f"unet.layers_per_block: one number of at least 1, or one per level of block_out_channels "
+                          f"{config.unet.block_out_channels}; got {depths}")
     if config.text_encoder.hidden_size % config.text_encoder.num_heads:
         raise ConfigError(f"text_encoder.num_heads: {config.text_encoder.num_heads} must divide hidden_size "
                           f"{config.text_encoder.hidden_size}")
