@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -25,12 +26,12 @@ from training.base_model import build_unet, latent_size
 SHAPES_BASE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "shapes_base.yaml"
 
 
-def shapes_unet(layers_per_block: int | tuple[int, ...]) -> UNet2DConditionModel:
-    """The shipped base's UNet (configs/shapes_base.yaml) with ``layers_per_block`` instead of its own."""
-    config = load_base_config(SHAPES_BASE_CONFIG)
-    unet = build_unet(config.unet, latent_size=latent_size(config), latent_channels=config.vae.latent_channels,
+def shapes_unet(layers_per_block: int | Sequence[int]) -> UNet2DConditionModel:
+    """The shipped base's UNet (configs/shapes_base.yaml) with ``layers_per_block`` (one, or one per level)."""
+    depth = layers_per_block if isinstance(layers_per_block, int) else list(layers_per_block)
+    config = load_base_config(SHAPES_BASE_CONFIG, ["--unet.layers_per_block", json.dumps(depth)])
+    return build_unet(config.unet, latent_size=latent_size(config), latent_channels=config.vae.latent_channels,
                       cross_attention_dim=config.text_encoder.hidden_size)
-    return UNet2DConditionModel.from_config(unet.config, layers_per_block=layers_per_block)
 
 
 def seconds_per_step(unet: UNet2DConditionModel, *, steps: int, batch_size: int = 32, warmup: int = 3) -> float:
@@ -57,17 +58,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant and round (default: 10)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default: 2)")
     args = parser.parse_args()
-    variants = {spec: tuple(int(n) for n in spec.split(",")) for spec in args.layers}
-    variants = {spec: layers[0] if len(layers) == 1 else layers for spec, layers in variants.items()}
-    unets = {spec: shapes_unet(layers) for spec, layers in variants.items()}
-    times: dict[str, list[float]] = {spec: [] for spec in variants}
+    unets = {spec: shapes_unet([int(n) for n in spec.split(",")] if "," in spec else int(spec))
+             for spec in args.layers}
+    times: dict[str, list[float]] = {spec: [] for spec in unets}
     for _ in range(args.rounds):
         for spec, unet in unets.items():
             times[spec].append(seconds_per_step(unet, steps=args.steps))
     first = min(times[args.layers[0]])
     report = {spec: {"parameters_m": round(sum(p.numel() for p in unets[spec].parameters()) / 1e6, 2),
                      "seconds_per_step": [round(t, 3) for t in times[spec]],
-                     "ratio": round(min(times[spec]) / first, 2)} for spec in variants}
+                     "ratio": round(min(times[spec]) / first, 2)} for spec in unets}
     print(json.dumps({"batch_size": 32, "threads": torch.get_num_threads(), "layers_per_block": report}, indent=2))
 
 

@@ -188,9 +188,9 @@ def check_base_config(config: BaseConfig) -> None:
         channels, groups = getattr(config, section).block_out_channels, getattr(config, section).norm_num_groups
         if any(c % groups for c in channels):
             raise ConfigError(f"{section}.norm_num_groups: {groups} must divide every block_out_channels {channels}")
-    depths = config.unet.layers_per_block
-    if isinstance(depths, list) and len(depths) != len(config.unet.block_out_channels) or min(
-            depths if isinstance(depths, list) else [depths], default=0) < 1:
+    levels, depths = len(config.unet.block_out_channels), config.unet.layers_per_block
+    per_level = depths if isinstance(depths, list) else [depths] * levels
+    if len(per_level) != levels or min(per_level, default=0) < 1:
         raise ConfigError(f"unet.layers_per_block: one number of at least 1, or one per level of block_out_channels "
                           f"{config.unet.block_out_channels}; got {depths}")
     if config.text_encoder.hidden_size % config.text_encoder.num_heads:

@@ -73,8 +73,7 @@ def build_vae(config: VaeConfig, *, resolution: int) -> AutoencoderKL:
         down_block_types=("DownEncoderBlock2D",) * blocks,
         up_block_types=("UpDecoderBlock2D",) * blocks,
         block_out_channels=tuple(config.block_out_channels),
-        layers_per_block=config.layers_per_block if isinstance(config.layers_per_block, int) else tuple(
-            config.layers_per_block),
+        layers_per_block=config.layers_per_block,
         latent_channels=config.latent_channels,
         norm_num_groups=config.norm_num_groups,
         sample_size=resolution,
