@@ -1,5 +1,6 @@
 """Shipping trained runs into the package: fp16 copies that load, digests in the manifest, the size limit."""
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -15,6 +16,7 @@ from gligen_ext import add_grounding_adapter, save_grounding_adapter
 from gligen_ext.pipelines import GroundedStableDiffusionPipeline
 from gligen_ext.shapes_world.shipped import read_manifest
 from gligen_ext.testing import tiny_sd_components
+from training.base_config import load_base_config
 from training.config import config_to_dict, load_config
 from training.ship_shapes_world import main
 
@@ -61,7 +63,7 @@ def test_over_the_size_limit_is_refused(runs):
 def test_a_continued_base_records_every_run_that_made_it(runs):
     continued = runs / "continued"
     shutil.copytree(runs / "base" / "model", continued / "model")
-    config = yaml.safe_load((CONFIGS / "shapes_base_continued.yaml").read_text())
+    config = dataclasses.asdict(load_base_config(CONFIGS / "shapes_base_continued.yaml"))
     config["diffusion"]["init_from"] = str(runs / "base" / "model")
     (continued / "model" / "train_base_config.yaml").write_text(yaml.safe_dump(config))
     main(["--base", str(continued), "--out", str(runs / "weights")])

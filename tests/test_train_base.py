@@ -1,6 +1,7 @@
 """The base-model trainer: a tiny run trains both stages and writes a Stable Diffusion folder that the grounded
 pipeline loads and samples from offline; a run stopped and resumed ends bit-identical to an uninterrupted one."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -205,3 +206,10 @@ def test_layers_per_block_may_deepen_the_low_resolution_levels():
     assert [len(block.resnets) for block in unet.down_blocks] == [1, 2, 2]
     assert [len(block.attentions) for block in unet.up_blocks] == [3, 3, 2]  # diffusers: one more on the way up
     assert load_base_config(CONFIGS / "shapes_base.yaml").unet.layers_per_block == 1
+
+
+def test_the_continued_config_inherits_the_first_and_changes_only_its_recipe():
+    first = dataclasses.asdict(load_base_config(CONFIGS / "shapes_base.yaml"))
+    continued = dataclasses.asdict(load_base_config(CONFIGS / "shapes_base_continued.yaml"))
+    assert {name for name in first if first[name] != continued[name]} == {"diffusion", "run"}
+    assert continued["diffusion"]["init_from"] == first["run"]["output_dir"] + "/model"

@@ -117,3 +117,28 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     again = load_config(tmp_path / "config.yaml")
     assert dataclasses.asdict(again) == dataclasses.asdict(config)
     assert isinstance(again, Config)
+
+
+def test_a_config_inherits_another_and_states_only_its_changes(tmp_path):
+    (tmp_path / "parent.yaml").write_text(yaml.safe_dump({
+        "model": {"pretrained": "some/model"}, "adapter": {"modalities": ["boxes"]}, "data": {"train": "records"},
+        "train": {"lr": 1.0e-4, "max_steps": 100, "output_dir": "runs/parent"}}))
+    (tmp_path / "child").mkdir()
+    (tmp_path / "child" / "child.yaml").write_text(yaml.safe_dump({
+        "inherits": "../parent.yaml", "adapter": {"modalities": ["keypoints"]}, "train": {"max_steps": 7}}))
+    config = load_config(tmp_path / "child" / "child.yaml", ["--train.lr", "2e-4"])
+    assert config.model.pretrained == "some/model"
+    assert config.adapter.modalities == ["keypoints"]  # a list replaces the inherited one whole
+    assert (config.train.max_steps, config.train.output_dir, config.train.lr) == (7, "runs/parent", 2e-4)
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"a.yaml": {"inherits": "missing.yaml"}}, r"missing.yaml' \(inherited by"),
+    ({"a.yaml": {"inherits": "b.yaml"}, "b.yaml": {"inherits": "a.yaml"}}, "'inherits' loops"),
+    ({"a.yaml": {"inherits": ["b.yaml"]}}, "takes the path of one config file"),
+])
+def test_bad_inheritance_names_the_file_and_the_fix(tmp_path, files, message):
+    for name, content in files.items():
+        (tmp_path / name).write_text(yaml.safe_dump(content))
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "a.yaml")

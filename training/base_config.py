@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from .config import MIXED_PRECISION, parse_overrides
-from .dataclass_io import ConfigError, build_dataclass, dotted_keys, set_dotted
+from .dataclass_io import ConfigError, build_dataclass, dotted_keys, read_config_file, set_dotted
 
 BETA_SCHEDULES = ("scaled_linear", "squaredcos_cap_v2", "linear")
 PREDICTION_TYPES = ("v_prediction", "epsilon")
@@ -200,15 +199,8 @@ def check_base_config(config: BaseConfig) -> None:
 
 def load_base_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> BaseConfig:
     """Read a YAML file (or start from the defaults when ``path`` is None) and apply dotted CLI overrides."""
-    raw: Any = {}
-    if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file '{path}' does not exist")
-        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(dotted_sections())})")
-    raw = yaml.safe_load(yaml.safe_dump(dict(raw)))  # a deep copy: overrides must not edit the caller's data
+    raw = {} if path is None else read_config_file(path, sections=dotted_sections())
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # a deep copy: overrides must not edit the caller's data
     for key, value in parse_overrides(overrides, known_keys=dotted_keys(BaseConfig)):
         set_dotted(raw, BaseConfig, key, value)
     return build_dataclass(BaseConfig, raw, "")

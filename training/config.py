@@ -17,7 +17,7 @@ from typing import Any, get_origin, get_type_hints
 
 import yaml
 
-from .dataclass_io import ConfigError, build_dataclass, dotted_keys, suggest
+from .dataclass_io import ConfigError, build_dataclass, dotted_keys, read_config_file, suggest
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -144,12 +144,7 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
     """Read a YAML file (or start from the defaults when ``path`` is None) and apply dotted CLI overrides."""
     raw: dict[str, Any] = {}
     if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file '{path}' does not exist")
-        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{path}: expected a mapping of sections (model, adapter, data, train, log)")
+        raw = read_config_file(path, sections=[item.name for item in dataclasses.fields(Config)])
     raw = _deep_copy(raw)
     for key, value in parse_overrides(overrides):
         _set_dotted(raw, key, value)

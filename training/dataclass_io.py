@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
@@ -132,3 +134,44 @@ def dotted_keys(cls: type, prefix: str = "") -> list[str]:
         else:
             keys.append(prefix + item.name)
     return keys
+
+
+INHERITS = "inherits"
+
+
+def read_config_file(path: str | os.PathLike, *, sections: Sequence[str]) -> dict[str, Any]:
+    """The YAML mapping in ``path``. A top-level ``inherits: other.yaml`` (relative to ``path``'s folder) is read
+    first and this file's values are merged over it key by key, so that a variant of a config states only what it
+    changes; lists and values replace the inherited ones whole."""
+    return _read_inheriting(Path(path), sections=sections, chain=())
+
+
+def _read_inheriting(file: Path, *, sections: Sequence[str], chain: tuple[Path, ...]) -> dict[str, Any]:
+    if not file.is_file():
+        where = f" (inherited by '{chain[-1]}')" if chain else ""
+        raise ConfigError(f"config file '{file}'{where} does not exist")
+    if file.resolve() in chain:
+        names = " -> ".join(str(p) for p in (*chain, file.resolve()))
+        raise ConfigError(f"{file}: '{INHERITS}' loops ({names}); remove one of the links")
+    raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{file}: expected a mapping of sections ({', '.join(sections)})")
+    raw = dict(raw)
+    parent = raw.pop(INHERITS, None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{file}: '{INHERITS}' takes the path of one config file, got {parent!r}")
+    inherited = _read_inheriting(file.parent / parent, sections=sections, chain=(*chain, file.resolve()))
+    return merge_config(inherited, raw)
+
+
+def merge_config(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` laid over it: mappings merge recursively, anything else replaces."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
