@@ -6,6 +6,8 @@ Only the shape of the result is checked; no figure is ever asserted (timings bel
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks.run import SECTIONS, main, write_doc
 
 
@@ -64,3 +66,15 @@ def test_base_unet_cost_variants_are_the_shipped_unet_with_more_layers():
     before = [p.detach().clone() for p in shipped.parameters()]
     assert seconds_per_step(shipped, steps=1, batch_size=2, warmup=0) > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, shipped.parameters()))  # it trained
+
+
+def test_base_unet_cost_weighs_what_the_shipped_files_weigh():
+    from benchmarks.base_unet_cost import shapes_unet, shipped_bytes
+    from gligen_ext.shapes_world.shipped import WEIGHTS_DIR as WEIGHTS
+
+    files = [WEIGHTS / "base" / "unet" / "diffusion_pytorch_model.safetensors", *(WEIGHTS / "adapters").glob("*")]
+    unet = shapes_unet(1)
+    names = [name for name, _ in unet.named_parameters()]
+    assert shipped_bytes(unet) == pytest.approx(sum(f.stat().st_size for f in files), rel=0.01)
+    assert [name for name, _ in unet.named_parameters()] == names  # the adapters it weighed are gone
+    assert shipped_bytes(shapes_unet((1, 2, 2))) > shipped_bytes(unet)
