@@ -123,6 +123,7 @@ def adapter_config(unet: nn.Module, adapter_name: str) -> dict[str, Any]:
         "base": unet_fingerprint(unet),
         # absent from files of earlier versions and from converted GLIGEN weights: GLIGEN's layer, no positions
         "visual_position_freqs": first_layer.position_freqs,
+        "ff_mult": first_layer.ff_mult,  # absent from earlier files: GLIGEN's 4
     }
 
 
@@ -161,6 +162,7 @@ def load_grounding_adapter(
             weight=weight,
             tokenizer_options={m: spec["options"] for m, spec in config["modalities"].items()},
             visual_position_freqs=config.get("visual_position_freqs", 0),
+            ff_mult=config.get("ff_mult", 4),
         )
         try:
             _copy_weights(handle, adapter_parameters(unet, name), path)

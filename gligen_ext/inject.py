@@ -75,17 +75,21 @@ def add_grounding_adapter(
     weight: float = 1.0,
     tokenizer_options: dict[str, dict[str, Any]] | None = None,
     visual_position_freqs: int = 0,
+    ff_mult: int = 4,
 ) -> AdapterTokenizers:
     """Inject a new, identity-initialised grounding adapter and freeze every base parameter.
 
     Adds one :class:`GatedSelfAttention` to every transformer block and one tokenizer per modality. Several adapters
     can be added under different names; they stack. ``visual_position_freqs > 0`` gives the gated layers Fourier
     features of each visual token's grid position (see :class:`GatedSelfAttention`; 0, GLIGEN's layer, for SD).
+    ``ff_mult`` is the width of the gated layers' feed-forward over the block's (GLIGEN's 4; less: a smaller file).
     Returns the adapter's tokenizer module.
     """
     modalities = [modalities] if isinstance(modalities, str) else list(modalities)
     if not modalities or len(set(modalities)) != len(modalities):
         raise GroundingAdapterError(f"modalities must be a non-empty list without repeats, got {modalities}")
+    if isinstance(ff_mult, bool) or not isinstance(ff_mult, int) or ff_mult < 1:
+        raise GroundingAdapterError(f"ff_mult must be a positive integer (GLIGEN's is 4), got {ff_mult!r}")
     position_net = _ensure_grounding_scaffold(unet)
     if adapter_name in position_net.adapters:
         raise GroundingAdapterError(
@@ -107,6 +111,7 @@ def add_grounding_adapter(
             heads=block.attn1.heads,
             dim_head=block.attn1.inner_dim // block.attn1.heads,
             position_freqs=visual_position_freqs,
+            ff_mult=ff_mult,
         )
         block.fuser.layers[adapter_name] = layer.to(parameter.device, parameter.dtype)
     set_grounding_scale(unet, adapter_name)

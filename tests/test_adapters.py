@@ -89,6 +89,32 @@ def test_visual_positions_round_trip_and_follow_a_non_square_latent(tmp_path, en
         "visual_position_freqs"] == 0
 
 
+def test_a_narrower_feed_forward_makes_a_smaller_file_that_round_trips(tmp_path, unet_inputs, encoders):
+    source = trained(("boxes",), ff_mult=1)
+    path = save_grounding_adapter(source, tmp_path / "small", dtype="fp32")
+    full = save_grounding_adapter(trained(("boxes",)), tmp_path / "full", dtype="fp32")
+    assert (read_adapter_config(path)["ff_mult"], read_adapter_config(full)["ff_mult"]) == (1, 4)
+    assert path.stat().st_size < 0.8 * full.stat().st_size
+    target = tiny_unet()
+    load_grounding_adapter(target, path)
+    assert torch.equal(run(target, unet_inputs, encoders), run(source, unet_inputs, encoders))
+    with pytest.raises(GroundingAdapterError, match="ff_mult must be a positive integer"):
+        add_grounding_adapter(tiny_unet(), "boxes", ff_mult=0)
+
+
+def test_files_without_ff_mult_load_with_gligens(tmp_path):
+    path = save_grounding_adapter(trained(("boxes",)), tmp_path / "old", dtype="fp32")
+    with safe_open(str(path), "pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        metadata = handle.metadata()
+    config = json.loads(metadata["gligen_ext_config"])
+    del config["ff_mult"]  # as files written before the option
+    save_file(tensors, str(path), metadata={**metadata, "gligen_ext_config": json.dumps(config)})
+    target = tiny_unet()
+    load_grounding_adapter(target, path)
+    assert all(layer.ff_mult == 4 for layer in target.modules() if type(layer).__name__ == "GatedSelfAttention")
+
+
 def test_single_modality_keys_equal_diffusers_names(tmp_path):
     path = save_grounding_adapter(trained(("boxes",)), tmp_path / "boxes.safetensors")
     with safe_open(str(path), "pt") as handle:

@@ -35,9 +35,10 @@ def state(unet):
     return {k: v.clone() for k, v in unet.state_dict().items()}
 
 
-def test_identity_at_init(unet, unet_inputs, encoders):
+@pytest.mark.parametrize("ff_mult", [4, 1])
+def test_identity_at_init(unet, unet_inputs, encoders, ff_mult):
     base = forward(unet, unet_inputs)
-    add_grounding_adapter(unet, ["boxes", "keypoints", "depth"])
+    add_grounding_adapter(unet, ["boxes", "keypoints", "depth"], ff_mult=ff_mult)
     grounding = prepare_grounding(unet, LAYOUT, encoders, batch_size=2, strict=False)
     assert torch.equal(forward(unet, unet_inputs, grounding), base)
 

@@ -80,6 +80,7 @@ def test_cli_overrides_are_converted_to_the_field_types():
         (["--train.lr_scheduler", "constant_warmup"], "did you mean 'constant_with_warmup'"),
         (["--adapter.tokenizer_options.boxes.max_obj", "3"], "did you mean 'max_objs'"),
         (["--train.lr"], "needs a value"),
+        (["--adapter.ff_mult", "0"], "adapter.ff_mult: a positive integer"),
     ],
 )
 def test_bad_cli_overrides_name_the_key_and_the_fix(overrides, message):

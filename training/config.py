@@ -45,6 +45,8 @@ class AdapterConfig:
     # > 0: Fourier features (this many frequencies) of each visual token's grid position in the gated layers, for
     # small UNets whose features do not say where a token is (gligen_ext.GatedSelfAttention); 0 is GLIGEN's layer
     visual_position_freqs: int = 0
+    # width of the gated layers' feed-forward over the block's: GLIGEN's 4; 1 makes the adapter about half as large
+    ff_mult: int = 4
     # start from the weights of an adapter file (a second stage, a fine-tune) instead of the identity init
     init_from: str | None = None
     # fine-tune init_from's adapter through low-rank deltas (peft LoRA) on its gated layers instead: the run writes a
@@ -212,6 +214,8 @@ def check_config(config: Config) -> None:
         raise ConfigError(f"adapter.lora_rank: a positive integer, got {config.adapter.lora_rank}")
     if not modalities or len(set(modalities)) != len(modalities):
         raise ConfigError(f"adapter.modalities: a non-empty list without repeats, got {modalities}")
+    if config.adapter.ff_mult < 1:
+        raise ConfigError(f"adapter.ff_mult: a positive integer (GLIGEN's is 4), got {config.adapter.ff_mult}")
     for modality in modalities:
         if modality not in available_modalities():
             raise ConfigError(

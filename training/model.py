@@ -92,6 +92,7 @@ def inject_adapter(parts: FrozenParts, config: AdapterConfig) -> AdapterTokenize
         positive_len=parts.phrase_encoder().width,
         tokenizer_options=config.tokenizer_options,
         visual_position_freqs=config.visual_position_freqs,
+        ff_mult=config.ff_mult,
     )
     if config.init_from:
         from .checkpoints import copy_adapter_weights
