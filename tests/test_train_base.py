@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 from training_fixtures import CONFIGS, reset_accelerate
 
@@ -122,6 +123,16 @@ def test_continued_run_starts_from_the_saved_model_and_refuses_another_one(recor
                  "vae/diffusion_pytorch_model.safetensors"):
         want, got = load_file(first / part), load_file(continued / part)
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), part
+    reset_accelerate()
+    # a deeper UNet grows from the saved one: at lr 0 it still computes what the first run's did
+    deeper = main(argv(records, tmp_path / "deeper", diffusion__init_from=first, diffusion__lr=0.0,
+                       diffusion__ema_decay=0, unet__layers_per_block="[1,2]"))
+    unets = [UNet2DConditionModel.from_pretrained(folder / "unet").eval() for folder in (first, deeper)]
+    assert unets[1].config.layers_per_block == [1, 2]
+    torch.manual_seed(0)
+    inputs = (torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 32, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(unets[1](*inputs).sample, unets[0](*inputs).sample, rtol=1e-5, atol=1e-5)
     reset_accelerate()
     with pytest.raises(ConfigError, match="diffusion.init_from: its unet"):
         main(argv(records, tmp_path / "other", diffusion__init_from=first, unet__block_out_channels="[16,16]"))

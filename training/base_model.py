@@ -6,6 +6,7 @@ folder they are saved as.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +20,9 @@ from gligen_ext.testing import write_byte_tokenizer
 
 from .base_config import BaseConfig, DiffusionConfig, TextEncoderConfig, UNetConfig, VaeConfig
 from .dataclass_io import ConfigError
+from .deepen_unet import deepen_unet, deepening_error, per_level
+
+logger = logging.getLogger(__name__)
 
 SHAPES_WORLD_WORDS: tuple[str, ...] = ("a", "and", "person", *COLOURS, *SHAPES)
 _SCALED_LINEAR_BETAS = {"beta_start": 0.00085, "beta_end": 0.012}  # Stable Diffusion's
@@ -159,7 +163,8 @@ def load_init_vae(init_from: str | os.PathLike) -> AutoencoderKL:
 def copy_init_weights(init_from: str | os.PathLike, *, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
                       unet: UNet2DConditionModel) -> None:
     """Load the text encoder and UNet weights of the pipeline folder ``init_from`` into the freshly built models;
-    a different vocabulary or architecture is a :class:`ConfigError` naming the section to match."""
+    a different vocabulary or architecture is a :class:`ConfigError` naming the section to match. A UNet that only
+    has more layers per block grows from the saved one, its added layers identities (training/deepen_unet.py)."""
     folder = Path(init_from)
     if CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True).get_vocab() != tokenizer.get_vocab():
         raise ConfigError(f"diffusion.init_from: '{folder}' was trained on captions with other words; continue it on "
@@ -167,6 +172,11 @@ def copy_init_weights(init_from: str | os.PathLike, *, tokenizer: CLIPTokenizer,
     sources = {"text_encoder": (text_encoder, CLIPTextModel), "unet": (unet, UNet2DConditionModel)}
     for name, (model, loader) in sources.items():
         source = loader.from_pretrained(folder / name, local_files_only=True).float()
+        if name == "unet" and per_level(source) != per_level(model) and deepening_error(source, model) is None:
+            added = deepen_unet(source, model)
+            logger.info("unet grown from %s's layers per block %s to %s: %d layers added as identities", folder,
+                        per_level(source), per_level(model), len(added))
+            continue
         try:
             model.load_state_dict(source.state_dict())
         except RuntimeError as error:
