@@ -49,7 +49,7 @@ def adapter_parameters(unet: UNet2DConditionModel, name: str) -> int:
     before = sum(p.numel() for p in unet.parameters())
     add_grounding_adapter(unet, adapter.modalities, adapter_name=f"size_{name}",
                           positive_len=unet.config.cross_attention_dim, tokenizer_options=adapter.tokenizer_options,
-                          visual_position_freqs=adapter.visual_position_freqs)
+                          visual_position_freqs=adapter.visual_position_freqs, ff_mult=adapter.ff_mult)
     added = sum(p.numel() for p in unet.parameters()) - before
     remove_grounding_adapter(unet, f"size_{name}")
     return added
