@@ -55,6 +55,15 @@ def test_base_then_adapter_ship_as_fp16_files_the_manifest_vouches_for(runs, cap
     assert pipe.unet.dtype == torch.float32
 
 
+def test_a_new_base_removes_the_adapters_trained_on_the_old_one(runs, capsys):
+    out = runs / "weights"
+    main(["--base", str(runs / "base"), "--adapter", f"boxes={runs / 'boxes'}", "--out", str(out)])
+    assert (out / "adapters" / "boxes.safetensors").is_file()
+    main(["--base", str(runs / "base"), "--out", str(out)])
+    assert read_manifest(out)["adapters"] == {} and not (out / "adapters" / "boxes.safetensors").exists()
+    assert "removed the boxes adapter" in capsys.readouterr().out
+
+
 def test_over_the_size_limit_is_refused(runs):
     with pytest.raises(SystemExit, match="over --max-mb"):
         main(["--base", str(runs / "base"), "--out", str(runs / "weights"), "--max-mb", "0.001"])

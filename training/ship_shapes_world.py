@@ -4,7 +4,8 @@
     python -m training.ship_shapes_world --adapter multi=runs/shapes_multi --adapter boxes=runs/shapes_boxes
 
 The base folder is ``train_base``'s ``output_dir`` (its ``model`` is shipped, its ``fidelity.jsonl`` scores are
-recorded); each adapter folder is a ``train.py`` ``output_dir``. Everything lands in
+recorded); each adapter folder is a ``train.py`` ``output_dir``. A new base removes the shipped adapters that are
+not given beside it, since they were trained on the old one. Everything lands in
 ``gligen_ext/shapes_world/weights`` (the demo's models); more than ``--max-mb`` in all is refused.
 """
 
@@ -112,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     manifest = read_manifest(out) if (out / MANIFEST_NAME).is_file() else {"adapters": {}}
     if args.base:
         manifest["base"] = ship_base(Path(args.base), out)
+        for name in sorted(set(manifest["adapters"]) - set(adapters)):  # they were trained on the replaced base
+            (out / manifest["adapters"].pop(name)["file"]).unlink(missing_ok=True)
+            print(f"removed the {name} adapter: it was trained on the replaced base; train and ship it on this one")
     elif "base" not in manifest:
         raise SystemExit(f"--base: '{out}' has no shipped base yet; give the train_base output_dir")
     manifest["adapters"].update({name: ship_adapter(name, Path(run), out) for name, run in adapters.items()})
