@@ -172,7 +172,10 @@ def copy_init_weights(init_from: str | os.PathLike, *, tokenizer: CLIPTokenizer,
     sources = {"text_encoder": (text_encoder, CLIPTextModel), "unet": (unet, UNet2DConditionModel)}
     for name, (model, loader) in sources.items():
         source = loader.from_pretrained(folder / name, local_files_only=True).float()
-        if name == "unet" and per_level(source) != per_level(model) and deepening_error(source, model) is None:
+        if name == "unet" and per_level(source) != per_level(model):
+            if reason := deepening_error(source, model):
+                raise ConfigError(f"diffusion.init_from: its unet cannot grow into the config's unet section: "
+                                  f"{reason}; change only unet.layers_per_block, to at least the saved depth")
             added = deepen_unet(source, model)
             logger.info("unet grown from %s's layers per block %s to %s: %d layers added as identities", folder,
                         per_level(source), per_level(model), len(added))
